@@ -1,0 +1,46 @@
+"""`rsground` entry point.
+
+Each subcommand lives in its own module under `rsground_jax.cli` and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`. Errors that users can fix
+(`UserError`) print one line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `--help` lists them.
+SUBCOMMANDS = ("run", "convert", "data")
+
+
+class UserError(Exception):
+    """A problem with the user's input (path, config, arguments): reported as one clear line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rsground",
+        description="rsground_jax: Qwen2.5-VL remote-sensing visual grounding in JAX (CoT-SFT, GRPO).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"rsground_jax.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError, ValueError) as e:
+        # Library errors for bad input are written to name the file/value and the problem.
+        print(f"rsground {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
