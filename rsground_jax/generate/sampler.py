@@ -1,0 +1,120 @@
+"""Jitted KV-cache sampler: one prefill over the (image + text) prompt, then a `lax.while_loop` decode.
+
+Prompts are left-padded to a static length so every sequence's next token sits at the last slot; generated
+token i of sequence b goes to cache slot `prompt_len + i` with M-RoPE position `max(prompt positions) + 1 + i`
+on all three axes (what transformers derives from `rope_deltas`). Decoding stops per sequence at an end
+token; finished sequences emit `pad_id`. The whole generation is one compiled program per static shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..models.qwen2_5_vl.model import Qwen25VL
+from ..models.qwen2_5_vl.text import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    cache_dtype: str | None = None  # defaults to the model's compute dtype
+
+
+def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    """Temperature, top-k and top-p (nucleus) filtering of [b, vocab] float32 logits."""
+    logits = logits / cfg.temperature
+    if cfg.top_k > 0:
+        kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if cfg.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < cfg.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def _pick(logits: jax.Array, cfg: SamplingConfig, key) -> jax.Array:
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, _filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
+
+
+def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfig):
+    """Pure generation function (jit it with `cfg` static). Returns tokens [b, max_new] and lengths [b]."""
+    model: Qwen25VL = nnx.merge(graphdef, state)
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    b, prompt_len = ids.shape
+    total = prompt_len + cfg.max_new_tokens
+    cache_dtype = jnp.dtype(cfg.cache_dtype) if cfg.cache_dtype else jnp.dtype(model.dtype)
+    cache = KVCache.init(model.config.text, b, total, cache_dtype)
+    logits, cache = model.forward(ids, mask, pos, batch.get("pixel_values"), batch.get("vision"),
+                                  cache=cache, cache_index=0, logits_slice=slice(-1, None))
+    start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [b]
+    eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+
+    key, sub = jax.random.split(key)
+    first = _pick(logits[:, -1], cfg, sub)
+    tokens = jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first)
+    done = jnp.isin(first, eos)
+    lengths = jnp.ones((b,), jnp.int32)
+
+    def cond(carry):
+        i, _, _, done, *_ = carry
+        return (i < cfg.max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, tokens, lengths, done, cache, key = carry
+        prev = tokens[:, i - 1][:, None]
+        p = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, b, 1)).astype(jnp.int32)
+        step_logits, cache = model.forward(prev, jnp.ones((b, 1), jnp.int32), p, cache=cache,
+                                           cache_index=prompt_len + i - 1)
+        key, sub = jax.random.split(key)
+        nxt = jnp.where(done, cfg.pad_id, _pick(step_logits[:, -1], cfg, sub))
+        tokens = tokens.at[:, i].set(nxt)
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(nxt, eos)
+        return i + 1, tokens, lengths, done, cache, key
+
+    _, tokens, lengths, _, _, _ = jax.lax.while_loop(cond, body, (1, tokens, lengths, done, cache, key))
+    return tokens, lengths
+
+
+class Sampler:
+    """Compiles `generate_fn` once per (batch shape, sampling config) and runs it on prepared batches."""
+
+    def __init__(self, model: Qwen25VL):
+        self.graphdef, self.state = nnx.split(model)
+        self._fn = jax.jit(generate_fn, static_argnums=(0, 4))
+
+    def update(self, model: Qwen25VL) -> None:
+        self.graphdef, self.state = nnx.split(model)
+
+    def __call__(self, batch: dict, cfg: SamplingConfig, key: jax.Array | None = None):
+        """batch: output of `prepare_inputs` (left-padded) plus `pixel_values`; returns numpy tokens, lengths."""
+        mask = np.asarray(batch["attention_mask"])
+        if not mask[:, -1].all():
+            raise ValueError("Sampler needs left-padded prompts: attention_mask[:, -1] must be 1 for every row")
+        key = jax.random.key(0) if key is None else key
+        arrays = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        if batch.get("vision") is not None:
+            arrays["pixel_values"] = batch["pixel_values"]
+            arrays["vision"] = batch["vision"]
+        tokens, lengths = self._fn(self.graphdef, self.state, arrays, key, cfg)
+        return np.asarray(tokens), np.asarray(lengths)
+
+
+def generate(model: Qwen25VL, batch: dict, cfg: SamplingConfig, key=None):
+    """One-off generation (compiles each call; keep a `Sampler` for repeated use)."""
+    return Sampler(model)(batch, cfg, key)

@@ -1,0 +1,102 @@
+"""Building blocks shared by the vision tower and the language model: pure functions over arrays.
+
+Shape letters used in names: b batch, t query length, s key length, d model width, n query heads,
+k key/value heads, g query heads per kv head (n = k * g), h head dim, f MLP width, l layers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NEG_INF = -1e30  # finite, so a fully masked row (padding) gives a uniform, not NaN, softmax
+
+
+def param(rngs: nnx.Rngs | None, shape, axes: tuple[str | None, ...], dtype, init: str = "normal", std: float = 0.02):
+    """An `nnx.Param` carrying its logical axis names (`logical_axes`), which the sharding rules map to mesh axes.
+
+    With `rngs=None` the value is zeros (used for abstract or to-be-loaded models).
+    """
+    assert len(axes) == len(shape), (shape, axes)
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros" or rngs is None:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """Qwen RMSNorm: normalize in float32, cast back to the input dtype, then multiply by the scale."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [..., h] rotated in float32 by cos/sin broadcastable to x; returned in x's dtype."""
+    xf = x.astype(jnp.float32)
+    return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """Softmax attention with grouped kv heads.
+
+    Args:
+      q: [b, t, k, g, h]; k, v: [b, s, k, h]; mask: bool, broadcastable to [b, k, g, t, s].
+    Returns:
+      [b, t, k, g, h] in q's dtype. Logits are scaled in the compute dtype and the softmax runs in float32,
+      as transformers' eager and SDPA paths do.
+    """
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k) * jnp.asarray(scale, q.dtype)
+    logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v)
+
+
+def swiglu(x: jax.Array, w_gate, w_up, w_down, b_gate=None, b_up=None, b_down=None) -> jax.Array:
+    """down(silu(gate(x)) * up(x)); weights are [in, out], cast to x's dtype."""
+    dt = x.dtype
+    gate = x @ w_gate.astype(dt)
+    up = x @ w_up.astype(dt)
+    if b_gate is not None:
+        gate = gate + b_gate.astype(dt)
+        up = up + b_up.astype(dt)
+    out = (jax.nn.silu(gate) * up) @ w_down.astype(dt)
+    if b_down is not None:
+        out = out + b_down.astype(dt)
+    return out
+
+
+def layer_runs(flags: list[bool]) -> list[tuple[int, int, bool]]:
+    """Split a per-layer flag list into maximal runs [(start, end, flag)], to scan each run of alike layers."""
+    runs: list[tuple[int, int, bool]] = []
+    for i, f in enumerate(flags):
+        if runs and runs[-1][2] == f:
+            runs[-1] = (runs[-1][0], i + 1, f)
+        else:
+            runs.append((i, i + 1, f))
+    return runs
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def maybe_remat(fn, policy: str):
+    """Wrap a scan body in `jax.checkpoint` according to `policy` ('none', 'full', 'dots')."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; choose from {sorted(REMAT_POLICIES)}")
+    if policy == "none":
+        return fn
+    return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)

@@ -1,0 +1,147 @@
+"""Qwen2.5-VL for conditional generation: vision tower + Qwen2 decoder + LM head, in Flax NNX.
+
+Two ways to call it:
+  * `model(input_ids, attention_mask, pixel_values, image_grid_thw)` with the HF processor's arrays (numpy or
+    concrete JAX arrays): host-side positions and vision indices are computed for you; returns logits.
+  * `model.forward(batch)` / `model(..., position_ids=..., vision=...)` with everything precomputed by
+    `prepare_inputs` (static shapes): the form to use inside `jax.jit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import Qwen25VLConfig
+from .rope_index import check_image_tokens, get_rope_index
+from .text import KVCache, TextDecoder
+from .vision import VisionTower, vision_inputs
+
+
+def prepare_inputs(
+    config: Qwen25VLConfig,
+    input_ids,
+    attention_mask=None,
+    image_grid_thw=None,
+    *,
+    num_patches: int | None = None,
+    num_windows: int | None = None,
+    num_frames: int | None = None,
+    frame_slots: int | None = None,
+) -> dict[str, Any]:
+    """Host-side preparation (numpy): M-RoPE positions, rope deltas and the vision tower's index arrays.
+
+    Raises `ImageTokenMismatchError` when the `<|image_pad|>` tokens do not match `image_grid_thw`.
+    Returns a dict with `input_ids`, `attention_mask`, `position_ids` [3,B,L], `rope_deltas` [B] and
+    `vision` (dict of int arrays, or None for a text-only batch).
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
+    mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)
+    grid = None if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
+    vc = config.vision
+    check_image_tokens(ids, grid, config.image_token_id, vc.spatial_merge_size, mask)
+    position_ids, rope_deltas = get_rope_index(
+        ids, grid, mask, image_token_id=config.image_token_id, spatial_merge_size=vc.spatial_merge_size
+    )
+    vision = None
+    if grid is not None and len(grid):
+        vision = vision_inputs(grid, vc, num_patches=num_patches, num_windows=num_windows,
+                               num_frames=num_frames, frame_slots=frame_slots).arrays()
+    return {"input_ids": ids.astype(np.int32), "attention_mask": mask, "position_ids": position_ids,
+            "rope_deltas": rope_deltas, "vision": vision}
+
+
+def _is_traced(*xs) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in xs if x is not None)
+
+
+class Qwen25VL(nnx.Module):
+    """Qwen2_5_VLForConditionalGeneration in NNX.
+
+    Args:
+      config: model shapes and special token ids.
+      rngs: random init; `None` gives zeros (for loading weights or abstract evaluation).
+      param_dtype: storage dtype of the parameters (float32 master weights for training).
+      dtype: compute dtype (float32 or bfloat16); parameters are cast to it at use.
+      remat: activation checkpointing of each scanned layer: 'none', 'full' or 'dots'.
+    """
+
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None = None, param_dtype=jnp.float32,
+                 dtype=jnp.float32, remat: str = "none"):
+        self.config = config
+        self.dtype = dtype
+        self.vision = VisionTower(config.vision, rngs=rngs, param_dtype=param_dtype, remat=remat)
+        self.text = TextDecoder(config.text, tie_word_embeddings=config.tie_word_embeddings, rngs=rngs,
+                                param_dtype=param_dtype, remat=remat)
+
+    # ------------------------------------------------------------------------------------------- pieces
+
+    def encode_images(self, pixel_values: jax.Array, vision: dict[str, jax.Array]) -> jax.Array:
+        """[P, 1176] patches -> [P / 4, hidden] merged image embeddings in prompt order (padding rows last)."""
+        return self.vision(pixel_values, vision, self.dtype)
+
+    def embed(self, input_ids: jax.Array, attention_mask: jax.Array, pixel_values=None, vision=None) -> jax.Array:
+        """Token embeddings with image embeddings placed, in order, at the `<|image_pad|>` positions."""
+        x = self.text.embed(input_ids, self.dtype)
+        if pixel_values is None:
+            return x
+        images = self.encode_images(pixel_values, vision)
+        is_image = (input_ids == self.config.image_token_id) & attention_mask.astype(bool)
+        # k-th image token (in reading order over the batch) takes the k-th merged embedding
+        order = jnp.cumsum(is_image.reshape(-1)) - 1
+        order = jnp.clip(order, 0, images.shape[0] - 1).reshape(input_ids.shape)
+        return jnp.where(is_image[..., None], images[order].astype(x.dtype), x)
+
+    # ------------------------------------------------------------------------------------------- calls
+
+    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None,
+                cache: KVCache | None = None, cache_index=0, logits_slice: slice | None = None):
+        """Jittable forward on prepared inputs. Returns (logits [b, t, vocab] float32, cache or None).
+
+        `logits_slice` restricts the LM head to some positions (e.g. `slice(-1, None)` for decoding).
+        """
+        x = self.embed(input_ids, attention_mask, pixel_values, vision)
+        hidden, cache = self.text(x, position_ids, attention_mask, cache=cache, cache_index=cache_index)
+        if logits_slice is not None:
+            hidden = hidden[:, logits_slice]
+        return self.text.logits(hidden), cache
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+                 position_ids=None, vision=None) -> jax.Array:
+        """Logits [batch, length, vocab] for HF-processor-style inputs."""
+        if position_ids is None:
+            if _is_traced(input_ids, attention_mask, image_grid_thw):
+                raise ValueError(
+                    "Qwen25VL called under jit without position_ids: compute them (and `vision`) on the host with "
+                    "rsground_jax.models.qwen2_5_vl.prepare_inputs and pass them in"
+                )
+            if pixel_values is not None and image_grid_thw is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            prep = prepare_inputs(self.config, input_ids, attention_mask, image_grid_thw)
+            if pixel_values is not None and prep["vision"] is not None:
+                n = int(np.asarray(image_grid_thw).reshape(-1, 3).prod(-1).sum())
+                if np.shape(pixel_values)[0] != n:
+                    raise ValueError(f"pixel_values has {np.shape(pixel_values)[0]} patch rows but image_grid_thw "
+                                     f"describes {n}")
+            input_ids, attention_mask = prep["input_ids"], prep["attention_mask"]
+            position_ids, vision = prep["position_ids"], prep["vision"]
+            if vision is None:
+                pixel_values = None
+        elif attention_mask is None:
+            attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
+        logits, _ = self.forward(jnp.asarray(input_ids), jnp.asarray(attention_mask), jnp.asarray(position_ids),
+                                 None if pixel_values is None else jnp.asarray(pixel_values),
+                                 None if vision is None else jax.tree.map(jnp.asarray, vision))
+        return logits
+
+
+def count_params(config: Qwen25VLConfig) -> int:
+    """Parameter count without allocating (abstract init); equals transformers' `num_parameters()`."""
+    abstract = nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

@@ -1,0 +1,163 @@
+"""Qwen2 language model with M-RoPE: GQA attention with q/k/v bias, SwiGLU MLP, RMSNorm, optional KV cache.
+
+Layer parameters are stacked along a leading `layers` axis and the decoder is one `lax.scan`, so compile
+time does not grow with depth. The KV cache is a pytree of arrays updated with `dynamic_update_slice`
+inside the scan, so a jitted decode step can donate it and update it in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import TextConfig
+from .layers import apply_rotary, grouped_attention, maybe_remat, param, rms_norm, swiglu
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys/values of every layer: k, v [layers, batch, max_len, kv_heads, head_dim];
+    valid [batch, max_len] bool marks slots holding a real (non-padding) token."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+
+    @classmethod
+    def init(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), bool))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """position_ids [3, b, t] -> cos, sin [b, t, head_dim] (float32), chunked M-RoPE layout.
+
+    Frequency j of the half head takes its position from axis (temporal, height, width) according to which
+    chunk of `mrope_section` it falls in; the half is then repeated, as in transformers.
+    """
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float32) / cfg.head_dim))
+    axis_of_freq = np.repeat(np.arange(3), cfg.mrope_section)  # [half]
+    assert len(axis_of_freq) == half
+    pos = jnp.moveaxis(position_ids.astype(jnp.float32)[axis_of_freq], 0, -1)  # [b, t, half]
+    freqs = pos * jnp.asarray(inv_freq)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, tie_word_embeddings: bool, rngs: nnx.Rngs | None,
+                 param_dtype=jnp.float32, remat: str = "none"):
+        self.cfg = cfg
+        self.tie_word_embeddings = tie_word_embeddings
+        self.remat = remat
+        L, D, N, K, H, F, V = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
+                               cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
+        p = lambda shape, axes, init="normal": param(rngs, shape, axes, param_dtype, init)  # noqa: E731
+        self.embed_vd = p((V, D), ("vocab", "embed"))
+        self.attn_norm_ld = p((L, D), ("layers", "embed"), "ones")
+        self.q_ldnh = p((L, D, N, H), ("layers", "embed", "q_heads", "head_dim"))
+        self.q_bias_lnh = p((L, N, H), ("layers", "q_heads", "head_dim"), "zeros")
+        self.k_ldkh = p((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"))
+        self.k_bias_lkh = p((L, K, H), ("layers", "kv_heads", "head_dim"), "zeros")
+        self.v_ldkh = p((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"))
+        self.v_bias_lkh = p((L, K, H), ("layers", "kv_heads", "head_dim"), "zeros")
+        self.o_lnhd = p((L, N, H, D), ("layers", "q_heads", "head_dim", "embed"))
+        self.mlp_norm_ld = p((L, D), ("layers", "embed"), "ones")
+        self.gate_ldf = p((L, D, F), ("layers", "embed", "mlp"))
+        self.up_ldf = p((L, D, F), ("layers", "embed", "mlp"))
+        self.down_lfd = p((L, F, D), ("layers", "mlp", "embed"))
+        self.final_norm_d = p((D,), ("embed",), "ones")
+        if not tie_word_embeddings:
+            self.lm_head_dv = p((D, V), ("embed", "vocab"))
+
+    def embed(self, input_ids: jax.Array, dtype) -> jax.Array:
+        return self.embed_vd.value.astype(dtype)[input_ids]
+
+    def _stacked(self):
+        return {
+            "attn_norm": self.attn_norm_ld.value, "q": self.q_ldnh.value, "q_bias": self.q_bias_lnh.value,
+            "k": self.k_ldkh.value, "k_bias": self.k_bias_lkh.value, "v": self.v_ldkh.value,
+            "v_bias": self.v_bias_lkh.value, "o": self.o_lnhd.value, "mlp_norm": self.mlp_norm_ld.value,
+            "gate": self.gate_ldf.value, "up": self.up_ldf.value, "down": self.down_lfd.value,
+        }
+
+    def __call__(self, x: jax.Array, position_ids: jax.Array, attention_mask: jax.Array,
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+        """Decoder stack.
+
+        Args:
+          x: [b, t, d] input embeddings (compute dtype).
+          position_ids: [3, b, t] M-RoPE positions.
+          attention_mask: [b, t] 1 for real tokens, 0 for padding.
+          cache: if given, the t new tokens are written at slots [cache_index, cache_index + t) and attend to
+            every valid slot up to their own; otherwise plain causal self-attention over x.
+        Returns:
+          (hidden [b, t, d] after the final norm, updated cache or None).
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        cos, sin = mrope_cos_sin(position_ids, cfg)
+        cos, sin = cos[:, :, None], sin[:, :, None]
+        new_valid = attention_mask.astype(bool)
+        if cache is None:
+            key_valid = new_valid
+            q_pos = jnp.arange(t)
+            k_pos = jnp.arange(t)
+        else:
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache_index))
+            q_pos = cache_index + jnp.arange(t)
+            k_pos = jnp.arange(cache.max_len)
+        # [b, 1, 1, t, s]: causal in slot order, keys restricted to real tokens
+        mask = (k_pos[None, :] <= q_pos[:, None])[None, None, None] & key_valid[:, None, None, None, :]
+
+        def layer(h, lp, kv=None):
+            dt = h.dtype
+            a = rms_norm(h, lp["attn_norm"], cfg.rms_norm_eps)
+            q = jnp.einsum("btd,dnh->btnh", a, lp["q"].astype(dt)) + lp["q_bias"].astype(dt)
+            k = jnp.einsum("btd,dkh->btkh", a, lp["k"].astype(dt)) + lp["k_bias"].astype(dt)
+            v = jnp.einsum("btd,dkh->btkh", a, lp["v"].astype(dt)) + lp["v_bias"].astype(dt)
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, cos, sin)
+            if kv is not None:
+                ck, cv = kv
+                k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+                v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+                kv = (k, v)
+                k, v = k.astype(dt), v.astype(dt)
+            qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
+            o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
+            h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
+            m = rms_norm(h, lp["mlp_norm"], cfg.rms_norm_eps)
+            h = h + swiglu(m, lp["gate"], lp["up"], lp["down"])
+            return h, kv
+
+        stacked = self._stacked()
+        if cache is None:
+            body = maybe_remat(lambda h, lp: (layer(h, lp)[0], None), self.remat)
+            x, _ = jax.lax.scan(body, x, stacked)
+            new_cache = None
+        else:
+            def body(h, xs):
+                lp, ck, cv = xs
+                h, (ck, cv) = layer(h, lp, (ck, cv))
+                return h, (ck, cv)
+
+            x, (ks, vs) = jax.lax.scan(body, x, (stacked, cache.k, cache.v))
+            new_cache = KVCache(ks, vs, key_valid)
+        return rms_norm(x, self.final_norm_d.value, cfg.rms_norm_eps), new_cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[b, t, d] -> [b, t, vocab] (float32 accumulation of the compute-dtype matmul)."""
+        dt = hidden.dtype
+        w = self.embed_vd.value.astype(dt).T if self.tie_word_embeddings else self.lm_head_dv.value.astype(dt)
+        return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
