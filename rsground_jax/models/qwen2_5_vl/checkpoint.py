@@ -158,7 +158,7 @@ def load_pretrained(path: str, dtype=jnp.float32, *, compute_dtype=None, remat: 
     model = _abstract_model(config, dtype, compute_dtype or dtype, remat)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
-    our_shapes = {k: tuple(v.value.shape) for k, v in flat.items()}
+    our_shapes = {k: tuple(v.get_value().shape) for k, v in flat.items()}
     expected = hf_shapes(config, our_shapes)
 
     missing = [n for n in expected if n not in where]
@@ -182,7 +182,7 @@ def load_pretrained(path: str, dtype=jnp.float32, *, compute_dtype=None, remat: 
                 buf[...] = value
             else:
                 buf[i] = value
-        flat[mp.path].value = jnp.asarray(buf)
+        flat[mp.path].set_value(jnp.asarray(buf))
         del buf
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
@@ -197,9 +197,9 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype=None, max_shard_size: i
     os.makedirs(path, exist_ok=True)
     config: Qwen25VLConfig = model.config
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    our_shapes = {k: tuple(v.value.shape) for k, v in flat.items()}
+    our_shapes = {k: tuple(v.get_value().shape) for k, v in flat.items()}
     shapes = hf_shapes(config, our_shapes)
-    out_dtype = {mp_name: np.dtype(dtype or flat[mp.path].value.dtype)
+    out_dtype = {mp_name: np.dtype(dtype or flat[mp.path].get_value().dtype)
                  for mp in mappings(config) for mp_name in mp.hf_names()}
 
     # plan shards in mapping order
@@ -218,7 +218,7 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype=None, max_shard_size: i
     def get(p):  # one stacked parameter on the host at a time
         if p not in cache:
             cache.clear()
-            cache[p] = np.asarray(jax.device_get(flat[p].value))
+            cache[p] = np.asarray(jax.device_get(flat[p].get_value()))
         return cache[p]
 
     stream = ((n, a.astype(out_dtype[n], copy=False)) for n, a in iter_hf_tensors(config, get))

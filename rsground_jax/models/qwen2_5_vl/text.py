@@ -81,14 +81,14 @@ class TextDecoder(nnx.Module):
             self.lm_head_dv = p((D, V), ("embed", "vocab"))
 
     def embed(self, input_ids: jax.Array, dtype) -> jax.Array:
-        return self.embed_vd.value.astype(dtype)[input_ids]
+        return self.embed_vd[...].astype(dtype)[input_ids]
 
     def _stacked(self):
         return {
-            "attn_norm": self.attn_norm_ld.value, "q": self.q_ldnh.value, "q_bias": self.q_bias_lnh.value,
-            "k": self.k_ldkh.value, "k_bias": self.k_bias_lkh.value, "v": self.v_ldkh.value,
-            "v_bias": self.v_bias_lkh.value, "o": self.o_lnhd.value, "mlp_norm": self.mlp_norm_ld.value,
-            "gate": self.gate_ldf.value, "up": self.up_ldf.value, "down": self.down_lfd.value,
+            "attn_norm": self.attn_norm_ld[...], "q": self.q_ldnh[...], "q_bias": self.q_bias_lnh[...],
+            "k": self.k_ldkh[...], "k_bias": self.k_bias_lkh[...], "v": self.v_ldkh[...],
+            "v_bias": self.v_bias_lkh[...], "o": self.o_lnhd[...], "mlp_norm": self.mlp_norm_ld[...],
+            "gate": self.gate_ldf[...], "up": self.up_ldf[...], "down": self.down_lfd[...],
         }
 
     def __call__(self, x: jax.Array, position_ids: jax.Array, attention_mask: jax.Array,
@@ -154,10 +154,10 @@ class TextDecoder(nnx.Module):
 
             x, (ks, vs) = jax.lax.scan(body, x, (stacked, cache.k, cache.v))
             new_cache = KVCache(ks, vs, key_valid)
-        return rms_norm(x, self.final_norm_d.value, cfg.rms_norm_eps), new_cache
+        return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[b, t, d] -> [b, t, vocab] (float32 accumulation of the compute-dtype matmul)."""
         dt = hidden.dtype
-        w = self.embed_vd.value.astype(dt).T if self.tie_word_embeddings else self.lm_head_dv.value.astype(dt)
+        w = self.embed_vd[...].astype(dt).T if self.tie_word_embeddings else self.lm_head_dv[...].astype(dt)
         return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)

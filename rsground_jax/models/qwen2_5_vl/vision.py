@@ -220,19 +220,19 @@ class VisionTower(nnx.Module):
 
     def _stacked(self):
         return {
-            "norm1": self.norm1_lc.value, "norm2": self.norm2_lc.value,
-            "qkv": self.qkv_lc3nh.value, "qkv_bias": self.qkv_bias_l3nh.value,
-            "proj": self.proj_lnhc.value, "proj_bias": self.proj_bias_lc.value,
-            "gate": self.gate_lcf.value, "gate_bias": self.gate_bias_lf.value,
-            "up": self.up_lcf.value, "up_bias": self.up_bias_lf.value,
-            "down": self.down_lfc.value, "down_bias": self.down_bias_lc.value,
+            "norm1": self.norm1_lc[...], "norm2": self.norm2_lc[...],
+            "qkv": self.qkv_lc3nh[...], "qkv_bias": self.qkv_bias_l3nh[...],
+            "proj": self.proj_lnhc[...], "proj_bias": self.proj_bias_lc[...],
+            "gate": self.gate_lcf[...], "gate_bias": self.gate_bias_lf[...],
+            "up": self.up_lcf[...], "up_bias": self.up_bias_lf[...],
+            "down": self.down_lfc[...], "down_bias": self.down_bias_lc[...],
         }
 
     def __call__(self, pixel_values: jax.Array, vi: dict[str, jax.Array], dtype=jnp.float32) -> jax.Array:
         """pixel_values [P, patch_dim] (padded rows allowed) -> merged embeddings [P / 4, out_hidden] in the
         original (un-permuted) order; rows past `num_merged` are padding."""
         cfg = self.cfg
-        x = pixel_values.astype(dtype)[vi["patch_perm"]] @ self.patch_embed_pc.value.astype(dtype)
+        x = pixel_values.astype(dtype)[vi["patch_perm"]] @ self.patch_embed_pc[...].astype(dtype)
         cos, sin = self.rotary(vi["rot_pos"])
         stacked = self._stacked()
         flags = [i in cfg.fullatt_block_indexes for i in range(cfg.depth)]
@@ -245,9 +245,9 @@ class VisionTower(nnx.Module):
 
             run = jax.tree.map(lambda a: a[start:end], stacked)
             x, _ = jax.lax.scan(maybe_remat(body, self.remat), x, run)
-        x = rms_norm(x, self.merger_norm_c.value, cfg.rms_norm_eps)
+        x = rms_norm(x, self.merger_norm_c[...], cfg.rms_norm_eps)
         x = x.reshape(-1, cfg.hidden_size * cfg.merge_unit)
-        x = x @ self.merger_fc1_ee.value.astype(dtype) + self.merger_fc1_bias_e.value.astype(dtype)
+        x = x @ self.merger_fc1_ee[...].astype(dtype) + self.merger_fc1_bias_e[...].astype(dtype)
         x = jax.nn.gelu(x, approximate=False)
-        x = x @ self.merger_fc2_ed.value.astype(dtype) + self.merger_fc2_bias_d.value.astype(dtype)
+        x = x @ self.merger_fc2_ed[...].astype(dtype) + self.merger_fc2_bias_d[...].astype(dtype)
         return x[vi["merge_unperm"]]

@@ -1,0 +1,20 @@
+"""Shared test set-up: float32 at highest matmul precision, fresh random seeds reported on failure."""
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def rng(request):
+    """A numpy Generator seeded afresh for each test; the seed is printed so a failure can be replayed
+    with RSGROUND_TEST_SEED=<seed>."""
+    seed = int(os.environ.get("RSGROUND_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"[{request.node.name}] seed={seed}")
+    return np.random.default_rng(seed)
