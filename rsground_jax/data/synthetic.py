@@ -1,0 +1,847 @@
+"""Synthetic RSVG: procedural aerial scenes with positional referring expressions, written as DIOR-RSVG.
+
+The embedded default dataset. Every image is a function of `(seed, image index, config)` only.
+
+Scenes
+    Textured ground (vegetation, arid, urban or mixed palette; low- and mid-frequency noise), field
+    patchwork, roads, and a water band when ships are present. Objects of eight DIOR categories, each a
+    distinct shape and colour family: airplane (light cross shape), ship (pointed hull on water), storage
+    tank (white disc with ring), vehicle (small coloured rectangle with windshield), tennis court (green or
+    blue with white lines), basketball court (orange/tan with centre circle), baseball field (green fan with
+    brown diamond), windmill (three white blades). Objects are rotated, cast shadows, do not overlap, and
+    several instances of a category appear so that position is needed to tell them apart. Boxes are the
+    integer pixel extent of the drawn shape (shadows excluded).
+
+Referring expressions (one cue each; `Cue`)
+    * ``unique``    the only object of its category: "the windmill";
+    * ``absolute``  a 3x3 region of the image: corners and centre are cells, "top"/"bottom"/"left"/"right"
+                    are the whole third: "the airplane in the upper left", "the ship at the bottom";
+    * ``relative``  to an anchor that is the only object of another category: "the vehicle to the left of
+                    the storage tank" (boxes entirely left), "above", "below", "closest to" (centres);
+    * ``ordinal``   rank of the centre along an axis: "the second storage tank from the top", "the
+                    leftmost ship";
+    * ``size``      box area: "the larger airplane" (two of them), "the smallest vehicle" (three or more).
+    The generator only uses a cue that holds with a margin (`SynthConfig.margin`, a fraction of the image
+    side): the target is well inside the region / clear of the anchor / apart from its ordinal neighbours
+    / at least 1.5x larger or smaller, and the other objects of the category clearly fail it.
+    `resolve_expression(text, objects, width, height)` parses the text back (with no margins) and returns
+    every object it fits: the property test asserts that this is exactly the target for every expression.
+
+On disk (`generate_dataset`): DIOR-RSVG layout (`Annotations/NNNNN.xml`, `JPEGImages/NNNNN.jpg`,
+`train.txt`/`val.txt`/`test.txt` with global object indices, `rsground_synthetic.json` with the config and
+counts). Objects without an expression (no cue held for them) are written without `<description>` and
+listed in no split: they are distractors, counted by the global numbering like any DIOR object, and appear
+as `others` of the records. Images, not objects, are assigned to splits.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# ------------------------------------------------------------------------------------------ categories
+
+
+@dataclasses.dataclass(frozen=True)
+class Category:
+    name: str  # DIOR class name (XML <name>)
+    noun: str  # as written in expressions
+    size_factor: float  # relative to SynthConfig.object_size
+
+
+CATEGORIES: dict[str, Category] = {
+    c.name: c
+    for c in (
+        Category("airplane", "airplane", 1.0),
+        Category("ship", "ship", 0.9),
+        Category("storagetank", "storage tank", 0.6),
+        Category("vehicle", "vehicle", 0.45),
+        Category("tenniscourt", "tennis court", 0.9),
+        Category("basketballcourt", "basketball court", 0.95),
+        Category("baseballfield", "baseball field", 1.2),
+        Category("windmill", "windmill", 0.8),
+    )
+}
+_NOUN_TO_NAME = {c.noun: c.name for c in CATEGORIES.values()}
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Difficulty knobs. Ranges are inclusive `(min, max)`.
+
+    image_size: side lengths in pixels, drawn independently for width and height (`square=True`: once),
+        rounded down to a multiple of `size_step`.
+    categories: DIOR class names to draw from.
+    num_categories: how many categories carry the (possibly repeated) instances.
+    instances_per_category: instances of each of those categories.
+    num_distractors: extra single objects of other categories.
+    object_size: object length as a fraction of the shorter image side (times the category's factor).
+    size_variation: per-instance size factor drawn log-uniformly in [1/v, v].
+    margin: how clearly a cue must hold, as a fraction of the shorter side (at least 3 px).
+    cue_weights: relative preference of the cue kinds when several hold.
+    max_expressions: expressions per image at most (None: one for every object a cue holds for).
+    """
+
+    image_size: tuple[int, int] = (112, 224)
+    square: bool = False
+    size_step: int = 28
+    categories: tuple[str, ...] = tuple(CATEGORIES)
+    num_categories: tuple[int, int] = (1, 2)
+    instances_per_category: tuple[int, int] = (1, 3)
+    num_distractors: tuple[int, int] = (0, 2)
+    object_size: tuple[float, float] = (0.14, 0.24)
+    size_variation: float = 1.5
+    margin: float = 0.03
+    cue_weights: tuple[tuple[str, float], ...] = (
+        ("absolute", 1.0),
+        ("relative", 1.0),
+        ("ordinal", 1.0),
+        ("size", 0.7),
+        ("unique", 0.3),
+    )
+    max_expressions: int | None = None
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        for name in self.categories:
+            if name not in CATEGORIES:
+                raise ValueError(f"unknown synthetic category {name!r}; known: {sorted(CATEGORIES)}")
+        for field in ("image_size", "num_categories", "instances_per_category", "num_distractors", "object_size"):
+            lo, hi = getattr(self, field)
+            if lo > hi or lo < 0:
+                raise ValueError(f"SynthConfig.{field} must be an increasing (min, max) pair, got {(lo, hi)}")
+        if self.image_size[0] < max(self.size_step, 32):
+            raise ValueError(f"image sides must be at least {max(self.size_step, 32)} px, got {self.image_size}")
+        if self.num_categories[0] < 1:
+            raise ValueError("num_categories must allow at least one category")
+        if self.size_variation < 1.0:
+            raise ValueError(f"size_variation must be >= 1, got {self.size_variation}")
+        if not 0 < self.object_size[1] <= 0.6:
+            raise ValueError(f"object_size fractions must lie in (0, 0.6], got {self.object_size}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SynthConfig":
+        data = dict(data)
+        for k in ("image_size", "num_categories", "instances_per_category", "num_distractors", "object_size", "categories"):
+            if k in data:
+                data[k] = tuple(data[k])
+        if "cue_weights" in data:
+            data["cue_weights"] = tuple(tuple(p) for p in data["cue_weights"])
+        return cls(**data)
+
+
+PRESETS: dict[str, SynthConfig] = {
+    # The demo of issue 4: 112-224 px (16-64 image tokens at 28 px per token), few large objects, the four
+    # most distinct categories.
+    "tiny": SynthConfig(
+        image_size=(112, 224),
+        size_step=28,
+        categories=("airplane", "ship", "storagetank", "tenniscourt"),
+        num_categories=(1, 2),
+        instances_per_category=(1, 3),
+        num_distractors=(0, 1),
+        object_size=(0.16, 0.26),
+    ),
+    "small": SynthConfig(
+        image_size=(224, 448),
+        num_categories=(1, 3),
+        instances_per_category=(1, 4),
+        num_distractors=(0, 2),
+        object_size=(0.08, 0.16),
+    ),
+    # DIOR-RSVG-like: 800x800, small objects, many instances and distractors.
+    "dior": SynthConfig(
+        image_size=(800, 800),
+        square=True,
+        size_step=1,
+        num_categories=(1, 3),
+        instances_per_category=(1, 5),
+        num_distractors=(0, 4),
+        object_size=(0.04, 0.10),
+        margin=0.02,
+    ),
+}
+
+# ------------------------------------------------------------------------------------- scene geometry
+
+BoxI = tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneObject:
+    category: str
+    box: tuple[float, float, float, float]
+
+
+def _center(box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+
+
+def _area(box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+REGIONS = ("upper left", "upper right", "lower left", "lower right", "center", "top", "bottom", "left", "right")
+# (columns, rows) of the 3x3 grid each region covers: corners and centre are one cell, edges a whole third.
+_REGION_CELLS = {
+    "upper left": ((0,), (0,)),
+    "upper right": ((2,), (0,)),
+    "lower left": ((0,), (2,)),
+    "lower right": ((2,), (2,)),
+    "center": ((1,), (1,)),
+    "top": ((0, 1, 2), (0,)),
+    "bottom": ((0, 1, 2), (2,)),
+    "left": ((0,), (0, 1, 2)),
+    "right": ((2,), (0, 1, 2)),
+}
+
+
+def region_bounds(region: str, width: float, height: float) -> tuple[float, float, float, float]:
+    """The part of the image a region name covers, `(x1, y1, x2, y2)` in the image's own pixels."""
+    cols, rows = _REGION_CELLS[region]
+    return min(cols) * width / 3, min(rows) * height / 3, (max(cols) + 1) * width / 3, (max(rows) + 1) * height / 3
+
+
+def grid_cell(point, width: float, height: float) -> tuple[int, int]:
+    """(column, row) of the 3x3 grid cell holding a point; the far edge belongs to the last cell."""
+    return min(2, max(0, int(3 * point[0] / width))), min(2, max(0, int(3 * point[1] / height)))
+
+
+def in_region(point, region: str, width, height) -> bool:
+    col, row = grid_cell(point, width, height)
+    cols, rows = _REGION_CELLS[region]
+    return col in cols and row in rows
+
+
+def _in_bounds(point, bounds, grow: float = 0.0) -> bool:
+    x, y = point
+    x1, y1, x2, y2 = bounds
+    return x1 - grow <= x <= x2 + grow and y1 - grow <= y <= y2 + grow
+
+
+RELATIONS = ("left", "right", "above", "below", "nearest")
+DIRECTIONS = ("left", "right", "top", "bottom")
+
+
+def relation_holds(relation: str, box, anchor) -> bool:
+    """Whether `box` stands in `relation` to `anchor` (directional: entirely beyond the anchor's edge)."""
+    if relation == "left":
+        return box[2] < anchor[0]
+    if relation == "right":
+        return box[0] > anchor[2]
+    if relation == "above":
+        return box[3] < anchor[1]
+    if relation == "below":
+        return box[1] > anchor[3]
+    raise ValueError(f"relation_holds does not handle {relation!r}")
+
+
+def axis_key(direction: str, box) -> float:
+    """Ordinal sort key: smaller = earlier counted from `direction`."""
+    cx, cy = _center(box)
+    return {"left": cx, "right": -cx, "top": cy, "bottom": -cy}[direction]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cue:
+    """What an expression says. `kind` in unique/absolute/relative/ordinal/size."""
+
+    kind: str
+    category: str
+    region: str | None = None  # absolute
+    relation: str | None = None  # relative
+    anchor: str | None = None  # relative: category of the anchor
+    direction: str | None = None  # ordinal
+    rank: int | None = None  # ordinal, 1-based
+    extreme: str | None = None  # size: "largest" | "smallest"
+
+
+def cue_matches(cue: Cue, objects: Sequence[SceneObject], width: float, height: float) -> list[int]:
+    """Indices of every object the cue fits, with no margins (the resolver's semantics)."""
+    same = [i for i, o in enumerate(objects) if o.category == cue.category]
+    if cue.kind == "unique":
+        return same
+    if cue.kind == "absolute":
+        return [i for i in same if in_region(_center(objects[i].box), cue.region, width, height)]
+    if cue.kind == "relative":
+        anchors = [o for o in objects if o.category == cue.anchor]
+        if len(anchors) != 1 or cue.anchor == cue.category:
+            return []
+        a = anchors[0].box
+        if cue.relation == "nearest":
+            ac = _center(a)
+            d = {i: math.dist(_center(objects[i].box), ac) for i in same}
+            best = min(d.values(), default=None)
+            return [i for i in same if d[i] == best]
+        return [i for i in same if relation_holds(cue.relation, objects[i].box, a)]
+    if cue.kind == "ordinal":
+        keys = {i: axis_key(cue.direction, objects[i].box) for i in same}
+        return [i for i in same if 1 + sum(keys[j] < keys[i] for j in same) == cue.rank]
+    if cue.kind == "size":
+        areas = {i: _area(objects[i].box) for i in same}
+        if not areas:
+            return []
+        target = max(areas.values()) if cue.extreme == "largest" else min(areas.values())
+        return [i for i in same if areas[i] == target]
+    raise ValueError(f"unknown cue kind {cue.kind!r}")
+
+
+def valid_cues(index: int, objects: Sequence[SceneObject], width: int, height: int, margin: float) -> list[Cue]:
+    """Cues that single out `objects[index]` with a margin of `margin` pixels (the generator's rule)."""
+    t = objects[index]
+    cat = t.category
+    others = [o for i, o in enumerate(objects) if i != index and o.category == cat]
+    tc = _center(t.box)
+    cues: list[Cue] = []
+    if not others:
+        cues.append(Cue("unique", cat))
+    for region in REGIONS:
+        b = region_bounds(region, width, height)
+        inner = (b[0] + (margin if b[0] > 0 else 0), b[1] + (margin if b[1] > 0 else 0), b[2] - (margin if b[2] < width else 0), b[3] - (margin if b[3] < height else 0))
+        if _in_bounds(tc, inner) and not any(_in_bounds(_center(o.box), b, grow=margin) for o in others):
+            cues.append(Cue("absolute", cat, region=region))
+    for anchor in {o.category for o in objects} - {cat}:
+        anchors = [o for o in objects if o.category == anchor]
+        if len(anchors) != 1:
+            continue
+        a = anchors[0].box
+        ac = _center(a)
+        gaps = {"left": a[0] - t.box[2], "right": t.box[0] - a[2], "above": a[1] - t.box[3], "below": t.box[1] - a[3]}
+        clearly_not = {
+            "left": lambda o: _center(o.box)[0] >= ac[0],
+            "right": lambda o: _center(o.box)[0] <= ac[0],
+            "above": lambda o: _center(o.box)[1] >= ac[1],
+            "below": lambda o: _center(o.box)[1] <= ac[1],
+        }
+        for rel in ("left", "right", "above", "below"):
+            if gaps[rel] >= margin and all(clearly_not[rel](o) for o in others):
+                cues.append(Cue("relative", cat, relation=rel, anchor=anchor))
+        if others:
+            dt = math.dist(tc, ac)
+            if all(math.dist(_center(o.box), ac) >= 1.3 * dt + margin for o in others):
+                cues.append(Cue("relative", cat, relation="nearest", anchor=anchor))
+    if others:
+        for direction in DIRECTIONS:
+            keys = sorted([axis_key(direction, o.box) for o in others] + [axis_key(direction, t.box)])
+            k = axis_key(direction, t.box)
+            rank = 1 + sum(x < k for x in keys)
+            if rank > 5:
+                continue
+            neighbours = [keys[rank - 2]] if rank > 1 else []
+            neighbours += [keys[rank]] if rank < len(keys) else []
+            if all(abs(k - n) >= margin for n in neighbours):
+                cues.append(Cue("ordinal", cat, direction=direction, rank=rank))
+        ta = _area(t.box)
+        if all(ta >= 1.5 * _area(o.box) for o in others):
+            cues.append(Cue("size", cat, extreme="largest"))
+        if all(1.5 * ta <= _area(o.box) for o in others):
+            cues.append(Cue("size", cat, extreme="smallest"))
+    return cues
+
+
+# ------------------------------------------------------------------------------------------- language
+
+_REGION_PHRASES = {
+    "upper left": ("in the upper left", "in the top left corner", "at the upper left"),
+    "upper right": ("in the upper right", "in the top right corner", "at the upper right"),
+    "lower left": ("in the lower left", "in the bottom left corner", "at the lower left"),
+    "lower right": ("in the lower right", "in the bottom right corner", "at the lower right"),
+    "center": ("in the center", "in the middle"),
+    "top": ("at the top", "in the upper part", "in the top part"),
+    "bottom": ("at the bottom", "in the lower part", "in the bottom part"),
+    "left": ("on the left", "on the left side", "in the left part"),
+    "right": ("on the right", "on the right side", "in the right part"),
+}
+_RELATION_PHRASES = {
+    "left": ("to the left of", "left of", "on the left side of"),
+    "right": ("to the right of", "right of", "on the right side of"),
+    "above": ("above",),
+    "below": ("below",),
+    "nearest": ("closest to", "nearest to"),
+}
+_ORDINALS = ("first", "second", "third", "fourth", "fifth")
+_SUPERLATIVE = {"left": ("leftmost",), "right": ("rightmost",), "top": ("topmost", "uppermost"), "bottom": ("bottommost", "lowermost")}
+_SIZE_WORDS = {("largest", 2): ("larger", "bigger"), ("smallest", 2): ("smaller",), ("largest", 3): ("largest", "biggest"), ("smallest", 3): ("smallest",)}
+_PREFIXES = ("", "", "find ", "locate ")
+
+
+def render_cue(cue: Cue, num_same: int, rng: np.random.Generator) -> str:
+    """Text for a cue; `num_same` = objects of the category (chooses "larger" vs "largest")."""
+    noun = CATEGORIES[cue.category].noun
+    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    if cue.kind == "unique":
+        body = pick((f"the {noun}", f"the only {noun}", f"the {noun} in the image"))
+    elif cue.kind == "absolute":
+        where = pick(_REGION_PHRASES[cue.region])
+        body = pick((f"the {noun} {where}", f"the {noun} located {where}", f"the {noun} {where} of the image"))
+    elif cue.kind == "relative":
+        body = f"the {noun} {pick(_RELATION_PHRASES[cue.relation])} the {CATEGORIES[cue.anchor].noun}"
+    elif cue.kind == "ordinal":
+        if cue.rank == 1 and rng.random() < 0.5:
+            body = f"the {pick(_SUPERLATIVE[cue.direction])} {noun}"
+        else:
+            body = f"the {_ORDINALS[cue.rank - 1]} {noun} from the {cue.direction}"
+    elif cue.kind == "size":
+        body = f"the {pick(_SIZE_WORDS[(cue.extreme, min(num_same, 3))])} {noun}"
+    else:
+        raise ValueError(f"unknown cue kind {cue.kind!r}")
+    prefix = pick(_PREFIXES)
+    if prefix == "locate " and " located " in body:
+        prefix = "find "
+    return prefix + body
+
+
+def _alt(options) -> str:
+    return "|".join(re.escape(o) for o in sorted(options, key=len, reverse=True))
+
+
+_CAT = f"(?P<cat>{_alt(_NOUN_TO_NAME)})"
+_PARSERS: list[tuple[str, re.Pattern]] = [
+    ("ordinal", re.compile(rf"^the (?P<ord>{_alt(_ORDINALS)}) {_CAT} from the (?P<dir>left|right|top|bottom)$")),
+    ("superlative", re.compile(rf"^the (?P<sup>{_alt(w for ws in _SUPERLATIVE.values() for w in ws)}) {_CAT}$")),
+    ("size", re.compile(rf"^the (?P<size>{_alt(w for ws in _SIZE_WORDS.values() for w in ws)}) {_CAT}$")),
+    ("relative", re.compile(rf"^the {_CAT} (?P<rel>{_alt(p for ps in _RELATION_PHRASES.values() for p in ps)}) the (?P<anchor>{_alt(_NOUN_TO_NAME)})$")),
+    ("absolute", re.compile(rf"^the {_CAT} (?:located )?(?P<where>{_alt(p for ps in _REGION_PHRASES.values() for p in ps)})(?: of the image)?$")),
+    ("unique", re.compile(rf"^the (?:only )?{_CAT}(?: in the image)?$")),
+]
+
+
+def parse_expression(text: str) -> Cue | None:
+    """The cue of a synthetic expression, or None when the text is not in the generator's grammar."""
+    t = " ".join(text.lower().strip().rstrip(".").split())
+    t = re.sub(r"^(?:find|locate) ", "", t)
+    for kind, pattern in _PARSERS:
+        m = pattern.match(t)
+        if not m:
+            continue
+        cat = _NOUN_TO_NAME[m["cat"]]
+        if kind == "ordinal":
+            return Cue("ordinal", cat, direction=m["dir"], rank=_ORDINALS.index(m["ord"]) + 1)
+        if kind == "superlative":
+            direction = next(d for d, ws in _SUPERLATIVE.items() if m["sup"] in ws)
+            return Cue("ordinal", cat, direction=direction, rank=1)
+        if kind == "size":
+            extreme = next(e for (e, _), ws in _SIZE_WORDS.items() if m["size"] in ws)
+            return Cue("size", cat, extreme=extreme)
+        if kind == "relative":
+            relation = next(r for r, ps in _RELATION_PHRASES.items() if m["rel"] in ps)
+            return Cue("relative", cat, relation=relation, anchor=_NOUN_TO_NAME[m["anchor"]])
+        if kind == "absolute":
+            region = next(r for r, ps in _REGION_PHRASES.items() if m["where"] in ps)
+            return Cue("absolute", cat, region=region)
+        return Cue("unique", cat)
+    return None
+
+
+def resolve_expression(text: str, objects: Sequence[SceneObject], width: float, height: float) -> list[int]:
+    """Indices of the objects a synthetic expression fits (no margins). [] when it does not parse."""
+    cue = parse_expression(text)
+    return [] if cue is None else cue_matches(cue, objects, width, height)
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+_PALETTES = {
+    "vegetation": ((88, 112, 62), ((70, 98, 50), (112, 128, 72), (96, 104, 58), (130, 120, 80))),
+    "arid": ((176, 158, 124), ((160, 140, 104), (190, 172, 136), (150, 136, 110), (170, 150, 120))),
+    "urban": ((128, 126, 122), ((110, 108, 104), (146, 142, 136), (120, 116, 108), (96, 100, 98))),
+    "mixed": ((120, 128, 96), ((92, 116, 70), (150, 140, 110), (120, 120, 116), (104, 122, 84))),
+}
+_WATER = (46, 78, 96)
+
+
+def _rot(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _circle(cx, cy, r, n=24) -> np.ndarray:
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], -1)
+
+
+def _rect(x0, y0, x1, y1) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+
+
+def _jitter(rng, color, amount=14):
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)
+
+
+def _shape(category: str, s: float, rng: np.random.Generator) -> tuple[list[tuple[np.ndarray, tuple]], bool]:
+    """Polygons (local coordinates, unrotated, centred near 0) with colours; and whether it casts a shadow."""
+    parts: list[tuple[np.ndarray, tuple]] = []
+    if category == "airplane":
+        body = _jitter(rng, (226, 228, 230), 18)
+        parts.append((np.array([[-0.5, -0.05], [0.38, -0.06], [0.5, 0], [0.38, 0.06], [-0.5, 0.05]]) * s, body))
+        for sgn in (-1, 1):
+            parts.append((np.array([[0.12, 0.0], [-0.1, 0.5], [-0.2, 0.5], [-0.08, 0.0]]) * [1, sgn] * s, body))
+            parts.append((np.array([[-0.36, 0.0], [-0.46, 0.18], [-0.52, 0.18], [-0.47, 0.0]]) * [1, sgn] * s, body))
+        return parts, True
+    if category == "ship":
+        hull = [(236, 236, 232), (150, 152, 156), (120, 44, 40), (40, 52, 86)][int(rng.integers(4))]
+        parts.append((np.array([[-0.5, -0.1], [0.3, -0.1], [0.5, 0.0], [0.3, 0.1], [-0.5, 0.1]]) * s, _jitter(rng, hull)))
+        parts.append((_rect(-0.38, -0.06, -0.1, 0.06) * s, _jitter(rng, (210, 206, 196))))
+        return parts, False
+    if category == "storagetank":
+        base = _jitter(rng, (222, 222, 218), 16)
+        parts.append((_circle(0, 0, 0.5 * s), base))
+        parts.append((_circle(0, 0, 0.4 * s), tuple(int(c * 0.86) for c in base)))
+        parts.append((_circle(0, 0, 0.08 * s, 12), tuple(int(c * 0.7) for c in base)))
+        return parts, True
+    if category == "vehicle":
+        colors = [(200, 30, 30), (30, 60, 170), (235, 235, 235), (25, 25, 25), (220, 190, 30), (90, 90, 96)]
+        parts.append((_rect(-0.5, -0.22, 0.5, 0.22) * s, _jitter(rng, colors[int(rng.integers(len(colors)))], 10)))
+        parts.append((_rect(0.12, -0.17, 0.3, 0.17) * s, (40, 48, 56)))
+        return parts, False
+    if category in ("tenniscourt", "basketballcourt"):
+        half_h = 0.26 if category == "tenniscourt" else 0.3
+        if category == "tenniscourt":
+            court = [(52, 120, 70), (46, 86, 150), (60, 132, 84)][int(rng.integers(3))]
+        else:
+            court = [(196, 112, 56), (184, 150, 100), (150, 70, 60)][int(rng.integers(3))]
+        lw = max(0.025, 1.0 / max(s, 1.0))
+        parts.append((_rect(-0.5, -half_h, 0.5, half_h) * s, (240, 240, 240)))
+        parts.append((_rect(-0.5 + lw, -half_h + lw, 0.5 - lw, half_h - lw) * s, _jitter(rng, court, 10)))
+        parts.append((_rect(-lw / 2, -half_h, lw / 2, half_h) * s, (240, 240, 240)))
+        if category == "basketballcourt":
+            parts.append((_circle(0, 0, 0.09 * s, 16), (240, 240, 240)))
+            parts.append((_circle(0, 0, 0.09 * s - lw * s, 16), _jitter(rng, court, 6)))
+        return parts, False
+    if category == "baseballfield":
+        a = np.linspace(-np.pi / 2, 0, 16)
+        fan = np.concatenate([[[0.0, 0.0]], np.stack([np.cos(a), np.sin(a)], -1)]) * s + [-0.5 * s, 0.5 * s]
+        parts.append((fan, _jitter(rng, (84, 140, 70))))
+        d = 0.32 * s
+        diamond = np.array([[0, 0], [d, 0], [d, -d], [0, -d]]) + [-0.5 * s + 0.06 * s, 0.5 * s - 0.06 * s]
+        parts.append((diamond, _jitter(rng, (170, 120, 80))))
+        return parts, False
+    if category == "windmill":
+        white = _jitter(rng, (236, 236, 236), 10)
+        phase = rng.uniform(0, 2 * np.pi / 3)
+        for k in range(3):
+            blade = np.array([[0.0, -0.035], [0.5, -0.01], [0.5, 0.01], [0.0, 0.035]]) * s
+            parts.append((_rot(blade, phase + k * 2 * np.pi / 3), white))
+        parts.append((_circle(0, 0, 0.06 * s, 12), white))
+        return parts, True
+    raise ValueError(f"no shape for category {category!r}")
+
+
+@dataclasses.dataclass
+class SynthImage:
+    """One generated image: pixels, its objects and their expressions (None: no cue held)."""
+
+    index: int
+    image: np.ndarray  # [H, W, 3] uint8
+    objects: list[SceneObject]
+    expressions: list[str | None]
+    cues: list[Cue | None]
+
+    @property
+    def width(self) -> int:
+        return self.image.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.image.shape[0]
+
+
+def _noise(rng, h, w, cell) -> np.ndarray:
+    small = (rng.random((h // cell + 2, w // cell + 2)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w + cell, h + cell), Image.Resampling.BILINEAR), np.float32)[:h, :w] / 255.0
+
+
+def _boxes_overlap(a, b, gap) -> bool:
+    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
+
+
+def generate_image(config: SynthConfig, seed: int, index: int) -> SynthImage:
+    """Image `index` of the dataset with this seed: a pure function of its arguments."""
+    rng = np.random.default_rng([seed, index])
+    lo, hi = config.image_size
+    step = max(1, config.size_step)
+
+    def side():
+        return max(step, (int(rng.integers(lo, hi + 1)) // step) * step)
+
+    width = side()
+    height = width if config.square else side()
+    short = min(width, height)
+
+    # ---- what to place
+    pool = list(config.categories)
+    n_cat = min(int(rng.integers(config.num_categories[0], config.num_categories[1] + 1)), len(pool))
+    chosen = [pool[i] for i in rng.permutation(len(pool))[:n_cat]]
+    rest = [c for c in pool if c not in chosen]
+    wanted: list[tuple[str, float]] = []
+    for cat in chosen:
+        base = rng.uniform(*config.object_size) * short * CATEGORIES[cat].size_factor
+        for _ in range(int(rng.integers(config.instances_per_category[0], config.instances_per_category[1] + 1))):
+            v = math.exp(rng.uniform(-1, 1) * math.log(config.size_variation))
+            wanted.append((cat, base * v))
+    for _ in range(int(rng.integers(config.num_distractors[0], config.num_distractors[1] + 1))):
+        if rest:
+            cat = rest[int(rng.integers(len(rest)))]
+            wanted.append((cat, rng.uniform(*config.object_size) * short * CATEGORIES[cat].size_factor))
+    wanted.sort(key=lambda cs: -cs[1])
+
+    palette_name = list(_PALETTES)[int(rng.integers(len(_PALETTES)))]
+    base_color, field_colors = _PALETTES[palette_name]
+    canvas = Image.new("RGB", (width, height), base_color)
+    draw = ImageDraw.Draw(canvas)
+
+    # ---- ground: fields, roads, water
+    for _ in range(int(rng.integers(2, 7))):
+        x0, y0 = rng.uniform(-0.2, 0.9, 2) * [width, height]
+        fw, fh = rng.uniform(0.15, 0.6, 2) * [width, height]
+        pts = _rot(_rect(-fw / 2, -fh / 2, fw / 2, fh / 2), rng.uniform(-0.3, 0.3)) + [x0 + fw / 2, y0 + fh / 2]
+        draw.polygon([tuple(p) for p in pts], fill=_jitter(rng, field_colors[int(rng.integers(len(field_colors)))], 8))
+    has_ships = any(c == "ship" for c, _ in wanted)
+    water = None
+    if has_ships:
+        side_name = ("left", "right", "top", "bottom")[int(rng.integers(4))]
+        frac = rng.uniform(0.3, 0.45)
+        water = {
+            "left": (0, 0, int(width * frac), height),
+            "right": (width - int(width * frac), 0, width, height),
+            "top": (0, 0, width, int(height * frac)),
+            "bottom": (0, height - int(height * frac), width, height),
+        }[side_name]
+    for _ in range(int(rng.integers(0, 3))):
+        horizontal = rng.random() < 0.5
+        pos = rng.uniform(0.1, 0.9) * (height if horizontal else width)
+        rw = max(2, int(rng.uniform(0.02, 0.045) * short))
+        slope = rng.uniform(-0.15, 0.15)
+        if horizontal:
+            p0, p1 = (0, pos), (width, pos + slope * width)
+        else:
+            p0, p1 = (pos, 0), (pos + slope * height, height)
+        draw.line([p0, p1], fill=_jitter(rng, (118, 118, 116), 10), width=rw)
+        if rw >= 6:
+            draw.line([p0, p1], fill=(200, 200, 190), width=1)
+    if water is not None:
+        draw.rectangle([water[0], water[1], water[2] - 1, water[3] - 1], fill=_jitter(rng, _WATER, 8))
+
+    # texture: luminance modulation at two scales plus grain
+    tex = 1.0 + 0.22 * (_noise(rng, height, width, max(8, short // 6)) - 0.5) + 0.12 * (_noise(rng, height, width, 4) - 0.5)
+    tex += rng.normal(0.0, 0.025, (height, width)).astype(np.float32)
+    ground = np.asarray(canvas, np.float32) * tex[..., None]
+
+    # ---- objects: place, then shadows, then shapes
+    margin_px = max(3.0, config.margin * short)
+    placed: list[tuple[str, list[tuple[np.ndarray, tuple]], bool, tuple[int, int, int, int]]] = []
+    for cat, size in wanted:
+        for _attempt in range(40):
+            parts, shadow = _shape(cat, size, rng)
+            angle = rng.uniform(0, 2 * np.pi)
+            if cat in ("tenniscourt", "basketballcourt", "baseballfield"):
+                angle = int(rng.integers(4)) * np.pi / 2 + rng.uniform(-0.25, 0.25)
+            rotated = [(_rot(p, angle), c) for p, c in parts]
+            allpts = np.concatenate([p for p, _ in rotated])
+            lo_xy, hi_xy = allpts.min(0), allpts.max(0)
+            region = (0, 0, width, height)
+            if cat == "ship":
+                region = water
+            cx = rng.uniform(region[0] - lo_xy[0] + 1, region[2] - hi_xy[0] - 2) if region[2] - hi_xy[0] - 2 > region[0] - lo_xy[0] + 1 else None
+            cy = rng.uniform(region[1] - lo_xy[1] + 1, region[3] - hi_xy[1] - 2) if region[3] - hi_xy[1] - 2 > region[1] - lo_xy[1] + 1 else None
+            if cx is None or cy is None:
+                continue
+            pts = [(p + [cx, cy], c) for p, c in rotated]
+            allpts = allpts + [cx, cy]
+            box = (
+                int(math.floor(allpts[:, 0].min() + 0.5)),
+                int(math.floor(allpts[:, 1].min() + 0.5)),
+                int(math.floor(allpts[:, 0].max() + 0.5)) + 1,
+                int(math.floor(allpts[:, 1].max() + 0.5)) + 1,
+            )
+            if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
+                continue
+            if any(_boxes_overlap(box, q[3], 3) for q in placed):
+                continue
+            if water is not None and cat != "ship" and _boxes_overlap(box, water, 2):
+                continue
+            placed.append((cat, pts, shadow, box))
+            break
+
+    shadow_img = Image.new("L", (width, height), 0)
+    sdraw = ImageDraw.Draw(shadow_img)
+    sun = rng.uniform(0, 2 * np.pi)
+    for cat, pts, shadow, box in placed:
+        if shadow:
+            off = np.array([math.cos(sun), math.sin(sun)]) * 0.08 * max(box[2] - box[0], box[3] - box[1])
+            for p, _ in pts:
+                sdraw.polygon([tuple(q) for q in p + off], fill=255)
+    ground *= 1.0 - 0.45 * (np.asarray(shadow_img, np.float32)[..., None] / 255.0)
+    image = Image.fromarray(np.clip(ground, 0, 255).astype(np.uint8))
+    odraw = ImageDraw.Draw(image)
+    for cat, pts, _, _ in placed:
+        for p, color in pts:
+            odraw.polygon([tuple(q) for q in p], fill=color)
+
+    objects = [SceneObject(cat, tuple(float(v) for v in box)) for cat, _, _, box in placed]
+    expressions, cues = _choose_expressions(objects, width, height, margin_px, config, rng)
+    return SynthImage(index, np.asarray(image), objects, expressions, cues)
+
+
+def _choose_expressions(objects, width, height, margin_px, config: SynthConfig, rng):
+    weights = dict(config.cue_weights)
+    expressions: list[str | None] = [None] * len(objects)
+    cues: list[Cue | None] = [None] * len(objects)
+    order = rng.permutation(len(objects))
+    count = 0
+    for i in order:
+        if config.max_expressions is not None and count >= config.max_expressions:
+            break
+        options = valid_cues(int(i), objects, width, height, margin_px)
+        kinds = sorted({c.kind for c in options if weights.get(c.kind, 0) > 0})
+        if not kinds:
+            continue
+        p = np.array([weights[k] for k in kinds], float)
+        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+        of_kind = [c for c in options if c.kind == kind]
+        cue = of_kind[int(rng.integers(len(of_kind)))]
+        num_same = sum(o.category == cue.category for o in objects)
+        cues[i] = cue
+        expressions[i] = render_cue(cue, num_same, rng)
+        count += 1
+    return expressions, cues
+
+
+# ------------------------------------------------------------------------------------ DIOR-RSVG output
+
+
+def dior_xml(filename: str, width: int, height: int, objects: Sequence[SceneObject], expressions: Sequence[str | None]) -> bytes:
+    """A DIOR-RSVG annotation: one <object> per object, <description> only where there is an expression.
+
+    Child order of <object> is name, pose, bndbox, description, as in DIOR-RSVG (its reference loader
+    reads them by position).
+    """
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = filename
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = "rsground-synthetic"
+    size = ET.SubElement(root, "size")
+    ET.SubElement(size, "width").text = str(width)
+    ET.SubElement(size, "height").text = str(height)
+    ET.SubElement(size, "depth").text = "3"
+    ET.SubElement(root, "segmented").text = "0"
+    for obj, expr in zip(objects, expressions):
+        o = ET.SubElement(root, "object")
+        ET.SubElement(o, "name").text = obj.category
+        ET.SubElement(o, "pose").text = "Unspecified"
+        bb = ET.SubElement(o, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box):
+            ET.SubElement(bb, key).text = str(int(value))
+        if expr is not None:
+            ET.SubElement(o, "description").text = expr
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8")
+
+
+def _render_files(args) -> tuple[int, bytes, bytes, list[bool]]:
+    config, seed, index, stem = args
+    img = generate_image(config, seed, index)
+    buf = io.BytesIO()
+    Image.fromarray(img.image).save(buf, format="JPEG", quality=config.jpeg_quality)
+    xml = dior_xml(f"{stem}.jpg", img.width, img.height, img.objects, img.expressions)
+    return index, buf.getvalue(), xml, [e is not None for e in img.expressions]
+
+
+@dataclasses.dataclass
+class SynthSummary:
+    out_dir: str
+    num_images: int
+    num_objects: int
+    num_expressions: int
+    split_sizes: dict[str, int]
+
+
+def generate_dataset(
+    out_dir,
+    num_images: int,
+    seed: int = 0,
+    config: SynthConfig | str = "tiny",
+    splits: Sequence[tuple[str, float]] = (("train", 0.8), ("val", 0.1), ("test", 0.1)),
+    workers: int = 0,
+) -> SynthSummary:
+    """Write a synthetic dataset in the DIOR-RSVG layout (see the module docstring). Deterministic.
+
+    Images are assigned to splits by a seeded permutation cut at the given fractions (so small sets still
+    get every split when the fractions allow). `workers > 0` renders in that many processes; the files are
+    the same either way.
+    """
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {config!r}; known: {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if num_images <= 0:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    total = sum(f for _, f in splits)
+    if not splits or any(f < 0 for _, f in splits) or total <= 0:
+        raise ValueError(f"split fractions must be non-negative and not all zero, got {list(splits)}")
+    out = Path(out_dir)
+    (out / "Annotations").mkdir(parents=True, exist_ok=True)
+    (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    digits = max(5, len(str(num_images)))
+    jobs = [(config, seed, i, f"{i + 1:0{digits}d}") for i in range(num_images)]
+
+    perm = np.random.default_rng([seed, 2**31 - 1]).permutation(num_images)
+    split_of = np.empty(num_images, dtype=object)
+    bounds = np.round(np.cumsum([f / total for _, f in splits]) * num_images).astype(int)
+    start = 0
+    for (name, _), end in zip(splits, bounds):
+        split_of[perm[start:end]] = name
+        start = end
+
+    if workers > 0:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            results = pool.map(_render_files, jobs, chunksize=16)
+            described = _write_all(out, jobs, results)
+    else:
+        described = _write_all(out, jobs, map(_render_files, jobs))
+
+    members: dict[str, list[int]] = {name: [] for name, _ in splits}
+    g = 0
+    num_objects = 0
+    for i in range(num_images):
+        for has_expr in described[i]:
+            if has_expr:
+                members[split_of[i]].append(g)
+            g += 1
+        num_objects += len(described[i])
+    for name, idx in members.items():
+        (out / f"{name}.txt").write_text("".join(f"{v}\n" for v in idx))
+    summary = SynthSummary(str(out), num_images, num_objects, sum(map(len, members.values())), {k: len(v) for k, v in members.items()})
+    meta = {"generator": "rsground_jax.data.synthetic", "seed": seed, "config": config.to_json(), "splits": [list(s) for s in splits], **dataclasses.asdict(summary)}
+    meta.pop("out_dir")
+    (out / "rsground_synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return summary
+
+
+def _write_all(out: Path, jobs, results) -> dict[int, list[bool]]:
+    described = {}
+    for (_, _, index, stem), (ri, jpeg, xml, has) in zip(jobs, results):
+        assert ri == index
+        (out / "JPEGImages" / f"{stem}.jpg").write_bytes(jpeg)
+        (out / "Annotations" / f"{stem}.xml").write_bytes(xml)
+        described[index] = has
+    return described
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
