@@ -1,0 +1,112 @@
+"""The Qwen2.5-VL chat layout, tokenized, with the assistant loss mask.
+
+Layout (Qwen2.5-VL's chat template for one image followed by text):
+
+    <|im_start|>system\\n{system}<|im_end|>\\n
+    <|im_start|>user\\n<|vision_start|><|image_pad|> x N<|vision_end|>{question}<|im_end|>\\n
+    <|im_start|>assistant\\n{answer}<|im_end|>
+
+`N` = `ImageProcessor.num_image_tokens(h, w)`. The SFT sequence ends at the assistant's `<|im_end|>`
+(the template's trailing newline is not a target and is left out). An RL prompt ends after
+`<|im_start|>assistant\\n`, where generation starts.
+
+Tokenization: the prompt is tokenized with a single `<|image_pad|>` and that token is expanded to N
+copies afterwards (special tokens are atomic, so this equals tokenizing the full text; a test checks it),
+and the answer is tokenized on its own and followed by the `<|im_end|>` id (the prompt ends with a
+newline, which Qwen's pre-tokenizer always splits after, so this too equals tokenizing the whole text).
+
+Loss mask, **aligned to labels**: `loss_mask[t] = 1` when token `t` is a target, i.e. the logits at
+position `t - 1` are trained to predict `input_ids[t]`. The targets are the answer tokens and the closing
+`<|im_end|>`. A step computes `logp = log_softmax(logits[:, :-1])`, picks `input_ids[:, 1:]` and weights by
+`loss_mask[:, 1:]`; `loss_mask[:, 0]` is always 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from rsground_jax.data.tokenizer import SpecialTokens, special_token_ids
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+DEFAULT_QUESTION = (
+    'Locate "{expression}" in the image. First think about where it is inside <think> </think>, '
+    "then give its bounding box [x1, y1, x2, y2] in pixels inside <answer> </answer>."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """System prompt (None: no system turn) and the user question around the expression."""
+
+    system: str | None = DEFAULT_SYSTEM
+    question: str = DEFAULT_QUESTION
+
+    def __post_init__(self):
+        if "{expression}" not in self.question:
+            raise ValueError(f"ChatTemplate.question must contain '{{expression}}', got {self.question!r}")
+
+    def prompt_text(self, expression: str) -> str:
+        """The prompt with a single `<|image_pad|>`, ending where the assistant starts."""
+        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system is not None else ""
+        question = self.question.format(expression=expression)
+        return f"{system}<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedChat:
+    """Token ids with ONE `<|image_pad|>` placeholder at `image_pos`; `target_start` = first target index."""
+
+    ids: np.ndarray  # int32
+    image_pos: int
+    target_start: int  # == len(ids) for a prompt
+
+    def length(self, num_image_tokens: int) -> int:
+        return len(self.ids) - 1 + num_image_tokens
+
+
+class ChatEncoder:
+    """Tokenizes prompts and SFT conversations for one tokenizer and template."""
+
+    def __init__(self, tokenizer, template: ChatTemplate = ChatTemplate()):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.specials: SpecialTokens = special_token_ids(tokenizer)
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _placeholder(self, ids: list[int]) -> int:
+        pos = [i for i, t in enumerate(ids) if t == self.specials.image_pad]
+        if len(pos) != 1:
+            raise ValueError(f"expected exactly one <|image_pad|> in the prompt, found {len(pos)}: the expression or template contains the token")
+        return pos[0]
+
+    def encode_prompts(self, expressions: Sequence[str]) -> list[EncodedChat]:
+        out = []
+        for ids in self._encode([self.template.prompt_text(e) for e in expressions]):
+            out.append(EncodedChat(np.asarray(ids, np.int32), self._placeholder(ids), len(ids)))
+        return out
+
+    def encode_sft(self, expressions: Sequence[str], answers: Sequence[str]) -> list[EncodedChat]:
+        if len(expressions) != len(answers):
+            raise ValueError(f"{len(expressions)} expressions but {len(answers)} answers")
+        prompts = self.encode_prompts(expressions)
+        out = []
+        for p, a in zip(prompts, self._encode(answers)):
+            ids = np.concatenate([p.ids, np.asarray(a, np.int32), np.asarray([self.specials.im_end], np.int32)])
+            out.append(EncodedChat(ids, p.image_pos, len(p.ids)))
+        return out
+
+
+def expand_image_tokens(chat: EncodedChat, num_image_tokens: int, image_pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, loss_mask) with the placeholder expanded to `num_image_tokens` copies; int32 both."""
+    if num_image_tokens < 1:
+        raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+    p = chat.image_pos
+    ids = np.concatenate([chat.ids[:p], np.full(num_image_tokens, image_pad, np.int32), chat.ids[p + 1 :]])
+    mask = np.zeros(len(ids), np.int32)
+    mask[chat.target_start - 1 + num_image_tokens :] = 1
+    return ids, mask

