@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ("run", "convert", "data")
+SUBCOMMANDS = ("demo", "convert")
 
 
 class UserError(Exception):

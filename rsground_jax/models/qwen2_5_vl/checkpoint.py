@@ -187,6 +187,16 @@ def load_pretrained(path: str, dtype=jnp.float32, *, compute_dtype=None, remat: 
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+def checkpoint_dtype(path: str) -> np.dtype:
+    """The dtype of a checkpoint directory's floating-point tensors (the first one found)."""
+    for sf in (SafetensorsFile(f) for f in _weight_files(os.fspath(path))):
+        for e in sf.entries.values():
+            dt = SAFETENSORS_DTYPES[e["dtype"]]
+            if dt.kind == "f" or dt == SAFETENSORS_DTYPES["BF16"]:
+                return dt
+    raise CheckpointError(f"{path}: no floating-point tensors")
+
+
 # ------------------------------------------------------------------------------------------------ save
 
 

@@ -1,0 +1,57 @@
+"""`rsground convert`: Hugging Face checkpoint directory <-> Orbax model directory, with a dtype change."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax.numpy as jnp
+
+from .main import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert model weights between Hugging Face and Orbax formats",
+        description=(
+            "Convert a Qwen2.5-VL checkpoint. SRC is a Hugging Face directory (config.json + model.safetensors "
+            "or a sharded index) or an Orbax model directory written by this command (config.json + params/). "
+            "The output format is chosen with --to. Examples:\n"
+            "  rsground convert ./Qwen2.5-VL-3B-Instruct ./qwen3b_orbax --to orbax\n"
+            "  rsground convert ./qwen3b_orbax ./exported --to hf --dtype bfloat16"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", help="source directory (format detected)")
+    p.add_argument("dst", help="destination directory")
+    p.add_argument("--to", choices=["hf", "orbax"], required=True, help="output format")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="store weights in this dtype (default: keep the source dtype)")
+    p.add_argument("--max-shard-size", type=int, default=5 * 2**30,
+                   help="HF output: split safetensors files above this many bytes (default 5 GiB)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models.qwen2_5_vl import is_orbax_dir, load_orbax, load_pretrained, save_orbax, save_pretrained
+    from ..models.qwen2_5_vl.checkpoint import checkpoint_dtype
+    from ..models.qwen2_5_vl.orbax_io import stored_dtype
+
+    if not os.path.isdir(args.src):
+        raise UserError(f"{args.src}: no such directory")
+    if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        raise UserError("source and destination are the same directory")
+    orbax_src = is_orbax_dir(args.src)
+    src_kind = "orbax" if orbax_src else "hf"
+    # without --dtype the weights keep the dtype they are stored in
+    dtype = DTYPES[args.dtype] if args.dtype else (stored_dtype(args.src) if orbax_src else checkpoint_dtype(args.src))
+    model = load_orbax(args.src, dtype=dtype) if orbax_src else load_pretrained(args.src, dtype=dtype)
+    if args.to == "hf":
+        save_pretrained(model, args.dst, dtype=dtype, max_shard_size=args.max_shard_size)
+    else:
+        save_orbax(model, args.dst, dtype=dtype)
+    print(f"converted {src_kind} {args.src} -> {args.to} {args.dst}")
+    return 0
