@@ -7,6 +7,7 @@ a memory map, so that loading holds at most the model plus one stacked parameter
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -155,6 +156,7 @@ def load_pretrained(path: str, dtype=jnp.float32, *, compute_dtype=None, remat: 
             where[canonical_name(name)] = (sf, name)
 
     pdtype = np.dtype(dtype)
+    _release_large_frees()
     model = _abstract_model(config, dtype, compute_dtype or dtype, remat)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
@@ -172,19 +174,39 @@ def load_pretrained(path: str, dtype=jnp.float32, *, compute_dtype=None, remat: 
     if unexpected:
         log.warning("%s: ignoring %d tensors this model does not use, e.g. %s", path, len(unexpected), unexpected[:5])
 
+    # Stacked parameters are filled layer by layer in place on the device (donated buffer), so loading holds
+    # the model plus one layer's tensor, never a second copy of a whole stacked parameter.
     for mp in mappings(config):
-        shape = our_shapes[mp.path]
-        buf = np.empty(shape, pdtype)
+        if mp.layers is None:
+            sf, raw = where[mp.hf_name]
+            flat[mp.path].set_value(jnp.asarray(mp.to_ours(sf.read(raw)).astype(pdtype, copy=False)))
+            continue
+        stacked = jnp.zeros(our_shapes[mp.path], pdtype)
         for i, name in enumerate(mp.hf_names()):
             sf, raw = where[name]
-            value = mp.to_ours(sf.read(raw)).astype(pdtype, copy=False)
-            if mp.layers is None:
-                buf[...] = value
-            else:
-                buf[i] = value
-        flat[mp.path].set_value(jnp.asarray(buf))
-        del buf
+            stacked = _set_layer(stacked, jnp.asarray(mp.to_ours(sf.read(raw)).astype(pdtype, copy=False)), i)
+        flat[mp.path].set_value(stacked)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _release_large_frees() -> None:
+    """Pin glibc's mmap threshold at 4 MiB so per-tensor temporaries are returned to the OS when freed.
+
+    glibc raises the threshold dynamically after the first large free, after which tensor-sized temporaries
+    come from the heap and stay resident; loading a checkpoint would then peak well above the model size.
+    No-op where glibc is absent.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 4 * 2**20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked: jax.Array, value: jax.Array, i) -> jax.Array:
+    return stacked.at[i].set(value)
 
 
 def checkpoint_dtype(path: str) -> np.dtype:
