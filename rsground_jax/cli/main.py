@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ("demo", "convert")
+SUBCOMMANDS = ("demo", "convert", "data")
 
 
 class UserError(Exception):
