@@ -316,7 +316,7 @@ def valid_cues(index: int, objects: Sequence[SceneObject], width: int, height: i
         inner = (b[0] + (margin if b[0] > 0 else 0), b[1] + (margin if b[1] > 0 else 0), b[2] - (margin if b[2] < width else 0), b[3] - (margin if b[3] < height else 0))
         if _in_bounds(tc, inner) and not any(_in_bounds(_center(o.box), b, grow=margin) for o in others):
             cues.append(Cue("absolute", cat, region=region))
-    for anchor in {o.category for o in objects} - {cat}:
+    for anchor in sorted({o.category for o in objects} - {cat}):  # sorted: set order varies per process
         anchors = [o for o in objects if o.category == anchor]
         if len(anchors) != 1:
             continue
