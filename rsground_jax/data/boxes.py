@@ -34,17 +34,21 @@ def scale_factors(height: int, width: int, processor: ImageProcessor) -> tuple[f
 
 
 def original_to_resized(box: Sequence[float], height: int, width: int, processor: ImageProcessor) -> Box:
-    """Exact (float) box in the resized frame."""
-    sx, sy = scale_factors(height, width, processor)
+    """Exact (float) box in the resized frame.
+
+    Computed as `x * resized_w / width` (not `x * (resized_w / width)`), so integer inputs whose scaled
+    value is exactly a half stay exact (700 * 812 / 800 = 710.5, while 700 * 1.015 = 710.4999...).
+    """
+    rh, rw = processor.resized_size(height, width)
     x1, y1, x2, y2 = (float(v) for v in box)
-    return x1 * sx, y1 * sy, x2 * sx, y2 * sy
+    return x1 * rw / width, y1 * rh / height, x2 * rw / width, y2 * rh / height
 
 
 def resized_to_original(box: Sequence[float], height: int, width: int, processor: ImageProcessor) -> Box:
     """A resized-frame box (e.g. a parsed prediction) back in original pixels (not clamped)."""
-    sx, sy = scale_factors(height, width, processor)
+    rh, rw = processor.resized_size(height, width)
     x1, y1, x2, y2 = (float(v) for v in box)
-    return x1 / sx, y1 / sy, x2 / sx, y2 / sy
+    return x1 * width / rw, y1 * height / rh, x2 * width / rw, y2 * height / rh
 
 
 def answer_box(box: Sequence[float], height: int, width: int, processor: ImageProcessor) -> tuple[int, int, int, int]:
