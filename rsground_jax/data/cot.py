@@ -212,7 +212,13 @@ def _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, 
             steps.append(f"Centre distances to it: {dists}.")
             steps.append(pick(f"The closest is {fmt(answer)}.", f"{fmt(answer)} is nearest."))
         else:
-            edge = {"left": f"x < {ab[0]}", "right": f"x > {ab[2]}", "above": f"y < {ab[1]}", "below": f"y > {ab[3]}"}[cue.relation]
+            # In words rather than "<" / ">", which would read as tag brackets inside <think>.
+            edge = {
+                "left": f"right edge before x={ab[0]}",
+                "right": f"left edge after x={ab[2]}",
+                "above": f"bottom edge above y={ab[1]}",
+                "below": f"top edge below y={ab[3]}",
+            }[cue.relation]
             where = {"left": "to its left", "right": "to its right", "above": "above it", "below": "below it"}[cue.relation]
             steps.append(pick(f"Only {fmt(answer)} lies entirely {where} ({edge}).", f"The {noun} {where} must have {edge}: {fmt(answer)}."))
         return steps
