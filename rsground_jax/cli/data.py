@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = dsub.add_parser("tokenizer", help="build the small HF tokenizer from the synthetic corpus")
     t.add_argument("--out", required=True)
-    t.add_argument("--num-images", type=int, default=2000, help="synthetic images whose texts form the corpus")
+    t.add_argument("--num-images", type=int, default=400, help="synthetic images whose texts form the corpus (400: the shipped copy)")
     t.add_argument("--vocab-size", type=int, default=1024)
     t.set_defaults(func=run_tokenizer)
 

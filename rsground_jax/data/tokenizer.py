@@ -29,10 +29,12 @@ each of them encodes as exactly one token.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -150,28 +152,40 @@ def load_tokenizer(name_or_path: str):
     return _load_dir(str(folder.resolve()))
 
 
-def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024):
-    """Train the small byte-level BPE on `corpus`, save it in HF format in `out_dir`, return it loaded."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2):
+    """Train the small byte-level BPE on `corpus`, save it in HF format in `out_dir`, return it loaded.
+
+    Ids: the special tokens 0-5, the 256 byte symbols, the merges in the order learned, then `<think>`,
+    `</think>`. Training is our own (`_train_bpe`): the `tokenizers` trainer breaks ties between equally
+    frequent pairs differently from run to run, and the shipped vocabulary must be reproducible.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+    normalizer = normalizers.NFC()
+    pre = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ]
     )
+    words: collections.Counter[str] = collections.Counter()
+    split_added = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + THINK_TOKENS))
+    for text in corpus:
+        for chunk in split_added.split(normalizer.normalize_str(text)):
+            if chunk:
+                words.update(piece for piece, _ in pre.pre_tokenize_str(chunk))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = _train_bpe(words, vocab_size - len(SPECIAL_TOKENS) - len(alphabet), min_frequency)
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for symbol in alphabet + [a + b for a, b in merges]:
+        vocab.setdefault(symbol, len(vocab))
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(corpus), trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -193,7 +207,50 @@ def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024
     return _load_dir(str(out.resolve()))
 
 
-def default_small_corpus(num_images: int = 3000, seed: int = 0) -> list[str]:
+def _train_bpe(words: "collections.Counter[str]", num_merges: int, min_frequency: int) -> list[tuple[str, str]]:
+    """Byte-level BPE merges: repeatedly join the most frequent adjacent pair (ties: the smallest pair).
+
+    `words` maps pre-tokens (already in byte-level symbols) to counts. Pair counts are updated
+    incrementally, only for the words a merge touches.
+    """
+    seqs = [list(w) for w in words]
+    freq = list(words.values())
+    pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+    where: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+    for i, seq in enumerate(seqs):
+        for p in zip(seq, seq[1:]):
+            pairs[p] += freq[i]
+            where[p].add(i)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges and pairs:
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < min_frequency:
+            break
+        merges.append(best)
+        joined = best[0] + best[1]
+        for i in sorted(where.pop(best, ())):
+            seq = seqs[i]
+            for p in zip(seq, seq[1:]):
+                pairs[p] -= freq[i]
+                if pairs[p] <= 0:
+                    del pairs[p]
+            out, j = [], 0
+            while j < len(seq):
+                if j + 1 < len(seq) and (seq[j], seq[j + 1]) == best:
+                    out.append(joined)
+                    j += 2
+                else:
+                    out.append(seq[j])
+                    j += 1
+            seqs[i] = out
+            for p in zip(out, out[1:]):
+                pairs[p] += freq[i]
+                where[p].add(i)
+        pairs.pop(best, None)
+    return merges
+
+
+def default_small_corpus(num_images: int = 400, seed: int = 0) -> list[str]:
     """Texts the small tokenizer is trained on: synthetic expressions and CoT targets, prompts, class names.
 
     Built from the `tiny` and `small` synthetic presets in memory (no files), CoT phrasings under the
