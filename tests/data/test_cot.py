@@ -1,0 +1,143 @@
+"""CoT targets and box frames: the answer is the ground truth scaled exactly as the processor resizes."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from rsground_jax.data import boxes as B
+from rsground_jax.data import synthetic as S
+from rsground_jax.data.cot import keyword_region, make_cot, parse_answer_box
+from rsground_jax.data.records import AnnotatedObject, GroundingRecord
+from rsground_jax.models.processor import ImageProcessor
+
+FORMAT = re.compile(r"^<think>[^<>]+</think><answer>\[\d+, \d+, \d+, \d+\]</answer>$")
+
+PROCESSORS = [
+    ImageProcessor(),  # Qwen2.5-VL defaults: 56x56 .. 28x28x1280 pixels
+    ImageProcessor(min_pixels=112 * 112, max_pixels=224 * 224),  # the tiny demo
+    ImageProcessor(min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28),  # RSGround/VLM-R1 style budget
+]
+
+
+def _random_record(rng, width, height, free: bool) -> GroundingRecord:
+    def box():
+        w = rng.uniform(1.0, width)
+        h = rng.uniform(1.0, height)
+        x1 = rng.uniform(0, width - w)
+        y1 = rng.uniform(0, height - h)
+        return (x1, y1, x1 + w, y1 + h)
+
+    others = tuple(AnnotatedObject(box(), "vehicle", None) for _ in range(int(rng.integers(0, 4))))
+    expr = rng.choice(["the vehicle in the upper left", "a gray vehicle", "the vehicle right of the road", "the third vehicle"])
+    return GroundingRecord("x.jpg", width, height, box(), str(expr), None if free else "vehicle", others)
+
+
+def test_answer_box_parsed_back_is_within_one_pixel_of_the_ground_truth():
+    """Property: random records and image sizes; the bound is half a resized pixel, <= 1 px when the
+    processor shrinks each side by at most 2x (always, for the default budget and images up to ~2000 px)."""
+    rng = np.random.default_rng(20240601)
+    checked = 0
+    for _ in range(2000):
+        processor = PROCESSORS[int(rng.integers(len(PROCESSORS)))]
+        width, height = (int(v) for v in rng.integers(20, 2000, 2))
+        if max(width, height) / min(width, height) > 8:
+            continue
+        record = _random_record(rng, width, height, free=bool(rng.integers(2)))
+        cot = make_cot(record, processor, int(rng.integers(1 << 30)))
+        assert FORMAT.match(cot.text), cot.text
+        parsed = parse_answer_box(cot.text)
+        assert parsed == cot.answer_box == B.answer_box(record.box, height, width, processor)
+        back = B.resized_to_original(parsed, height, width, processor)
+        rh, rw = processor.resized_size(height, width)
+        bound = 0.5 * max(width / rw, height / rh) + 1e-9
+        err = np.abs(np.subtract(back, record.box))
+        assert err.max() <= bound, (width, height, record.box, back)
+        if width / rw <= 2 and height / rh <= 2:
+            assert err.max() <= 1.0
+            checked += 1
+    assert checked > 1200
+
+
+def test_answer_box_is_exact_scaling_of_the_processor_frame():
+    p = ImageProcessor()
+    # 800x800 -> 812x812 (REFERENCE): factor 812/800 on both axes.
+    assert p.resized_size(800, 800) == (812, 812)
+    assert B.original_to_resized((100, 200, 300, 400), 800, 800, p) == pytest.approx((101.5, 203.0, 304.5, 406.0))
+    assert B.answer_box((100, 200, 300, 400), 800, 800, p) == (102, 203, 305, 406)  # half up
+    # 480x640 (h x w) -> 476x644: x and y scale differently.
+    assert B.answer_box((0, 0, 640, 480), 480, 640, p) == (0, 0, 644, 476)
+    assert B.resized_to_original((0, 0, 644, 476), 480, 640, p) == pytest.approx((0, 0, 640, 480))
+
+
+def test_synthetic_cot_states_the_cue_and_candidates(synth_root):
+    from rsground_jax.data import load_split
+
+    p = ImageProcessor()
+    kinds = {}
+    for i, r in enumerate(load_split(synth_root, "train")):
+        cot = make_cot(r, p, [0, i])
+        kinds.setdefault(cot.cue_kind, cot.text)
+        assert FORMAT.match(cot.text)
+        rh, rw = cot.resized_hw
+        assert f"{rw}x{rh}" in cot.text or f"{rw} by {rh}" in cot.text
+        # Every box mentioned is a known object's box in the resized frame.
+        known = {B.format_box(B.answer_box(o.box, r.height, r.width, p)) for o in r.all_objects()}
+        for mentioned in re.findall(r"\[\d+, \d+, \d+, \d+\]", cot.text):
+            assert mentioned in known, (mentioned, cot.text)
+    assert {"absolute", "ordinal", "relative", "size", "unique"} <= set(kinds)
+    assert "From the" in kinds["ordinal"] or "Ordering the" in kinds["ordinal"]
+    assert "area" in kinds["size"]
+
+
+def test_absolute_cue_region_is_in_resized_pixels():
+    p = ImageProcessor()
+    r = GroundingRecord("x.jpg", 800, 800, (20, 30, 60, 70), "the airplane in the upper left", "airplane",
+                        (AnnotatedObject((700, 700, 760, 760), "airplane", None),))
+    text = make_cot(r, p, 0).text
+    assert "x 0-271, y 0-271" in text  # upper third of 812 px
+    assert "[20, 30, 61, 71]" in text and "[711, 711, 771, 771]" in text
+
+
+def test_free_form_trace_never_names_a_region_the_target_is_not_in():
+    p = ImageProcessor()
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        x1, y1 = rng.uniform(0, 700, 2)
+        r = GroundingRecord("x.jpg", 800, 800, (x1, y1, x1 + 50, y1 + 50), "the bridge in the upper left of the river", "bridge")
+        text = make_cot(r, p, int(rng.integers(1000))).text
+        cx, cy = (x1 + 25) * 812 / 800, (y1 + 25) * 812 / 800
+        m = re.search(r"x (\d+)-(\d+), y (\d+)-(\d+)", text)
+        assert m, text
+        a, b, c, d = map(int, m.groups())
+        assert a - 1 <= cx <= b + 1 and c - 1 <= cy <= d + 1, text
+
+
+def test_several_phrasings_chosen_by_seed():
+    r = GroundingRecord("x.jpg", 224, 224, (10, 10, 40, 40), "the second ship from the top", "ship",
+                        (AnnotatedObject((100, 0, 120, 5), "ship", None), AnnotatedObject((100, 100, 120, 130), "ship", None)))
+    p = ImageProcessor()
+    texts = {make_cot(r, p, s).text for s in range(40)}
+    assert len(texts) >= 4
+    assert make_cot(r, p, 7).text == make_cot(r, p, 7).text
+
+
+def test_keyword_region():
+    assert keyword_region("a swimming pool on the far bottom and it is on the right of a basketball court") == "bottom"
+    assert keyword_region("the tank at the top-left") == "upper left"
+    assert keyword_region("the tank left of the ship") is None
+    assert keyword_region("the largest roundabout") is None
+
+
+def test_cot_uses_the_cue_only_for_its_own_category():
+    # Synthetic grammar, but the record's category differs: handled as free-form, still correct.
+    r = GroundingRecord("x.jpg", 200, 200, (10, 10, 30, 30), "the ship at the top", "airplane")
+    assert make_cot(r, ImageProcessor(), 0).cue_kind == "free"
+
+
+def test_region_bounds_match_the_resolver_cells():
+    for region in S.REGIONS:
+        x1, y1, x2, y2 = S.region_bounds(region, 300, 300)
+        assert S.in_region(((x1 + x2) / 2, (y1 + y2) / 2), region, 300, 300)
