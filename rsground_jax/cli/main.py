@@ -36,10 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_error_types()):
+            raise
         # Library errors for bad input are written to name the file/value and the problem.
         print(f"rsground {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input; imported lazily so `--help` stays fast."""
+    from ..data.records import DataError
+    from ..models.qwen2_5_vl import CheckpointError, ConfigError, ImageTokenMismatchError
+
+    return (UserError, FileNotFoundError, DataError, CheckpointError, ConfigError, ImageTokenMismatchError)
 
 
 if __name__ == "__main__":
