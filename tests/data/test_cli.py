@@ -1,0 +1,51 @@
+"""`rsground data ...` through the real entry point."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsground_jax.cli.main import main
+from rsground_jax.data import load_split
+
+
+def test_synth_writes_a_readable_dataset(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--num-images", "20", "--seed", "3", "--preset", "tiny",
+                 "--distractors", "1", "2", "--splits", "train=0.5,test=0.5"]) == 0
+    msg = capsys.readouterr().out
+    assert msg.startswith("wrote 20 images") and str(out) in msg
+    assert len(load_split(out, "train")) > 0 and len(load_split(out, "test")) > 0
+    assert main(["data", "check", str(out), "--split", "test"]) == 0
+    assert "0 skipped" in capsys.readouterr().out
+    assert main(["data", "show", str(out), "--split", "train", "--count", "1"]) == 0
+    assert "<answer>[" in capsys.readouterr().out
+
+
+def test_synth_user_errors(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert main(["data", "synth", "--out", str(tmp_path / "full"), "--num-images", "2"]) == 2
+    assert "folder is not empty" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "a"), "--num-images", "2", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "b"), "--num-images", "2", "--image-size", "200", "100"]) == 2
+    assert "increasing" in capsys.readouterr().err
+
+
+def test_check_reports_bad_records_and_exit_status(tmp_path, capsys):
+    from .conftest import make_dior
+
+    root = make_dior(tmp_path / "d")
+    (root / "JPEGImages" / "00002.jpg").unlink()
+    assert main(["data", "check", str(root), "--split", "train"]) == 1
+    out = capsys.readouterr().out
+    assert "2 records kept, 1 skipped (missing_image: 1)" in out and "00002.jpg: image file not found" in out
+    assert main(["data", "check", str(root), "--split", "train", "--on-error", "raise"]) == 2
+    assert "00002.jpg: image file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["data"], ["data", "synth"]])
+def test_missing_arguments_exit_with_usage(args):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
