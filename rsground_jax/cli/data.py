@@ -82,15 +82,24 @@ def _load(args):
 
     if not os.path.isdir(args.root):
         raise UserError(f"{args.root}: no such directory")
-    return load_split(
-        args.root,
-        args.split,
-        args.format,
-        on_error=args.on_error,
-        check_images=args.check_images,
-        clip_tolerance=args.clip_tolerance,
-        images_dir=args.images_dir,
-    )
+    from ..data import DataError, FORMATS
+
+    if args.format not in FORMATS + ("auto",):
+        raise UserError(f"--format: unknown format {args.format!r}; expected one of {', '.join(FORMATS)} or auto")
+    try:
+        return load_split(
+            args.root,
+            args.split,
+            args.format,
+            on_error=args.on_error,
+            check_images=args.check_images,
+            clip_tolerance=args.clip_tolerance,
+            images_dir=args.images_dir,
+        )
+    except DataError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _parse_splits(text: str) -> list[tuple[str, float]]:
@@ -132,7 +141,10 @@ def run_synth(args) -> int:
         config = dataclasses.replace(synthetic.PRESETS[args.preset], **overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
-    summary = synthetic.generate_dataset(args.out, args.num_images, args.seed, config, _parse_splits(args.splits), workers=args.workers)
+    try:
+        summary = synthetic.generate_dataset(args.out, args.num_images, args.seed, config, _parse_splits(args.splits), workers=args.workers)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     sizes = ", ".join(f"{k} {v}" for k, v in summary.split_sizes.items())
     print(f"wrote {summary.num_images} images, {summary.num_objects} objects, {summary.num_expressions} expressions ({sizes}) to {args.out}")
     return 0

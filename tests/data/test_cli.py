@@ -30,6 +30,13 @@ def test_synth_user_errors(tmp_path, capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(tmp_path / "b"), "--num-images", "2", "--image-size", "200", "100"]) == 2
     assert "increasing" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "c"), "--num-images", "2", "--splits", "train=-1"]) == 2
+    assert "non-negative" in capsys.readouterr().err
+
+
+def test_check_unknown_format_is_a_user_error(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path), "--split", "train", "--format", "coco"]) == 2
+    assert "unknown format 'coco'" in capsys.readouterr().err
 
 
 def test_check_reports_bad_records_and_exit_status(tmp_path, capsys):
