@@ -11,11 +11,13 @@ Two stages.
 
 2. **Grain** (`grain.MapDataset`): `range(n)` -> `shuffle(seed)` (a new permutation every epoch) ->
    `repeat(num_epochs)` (None: forever) -> per-host shard `[shard_index::shard_count]` of the shuffled
-   stream (hosts see disjoint samples in each epoch) -> load (decode, `ImageProcessor` resize + normalize
-   + patchify, expand the image tokens) -> `batch(batch_size, batch_fn=collate)` -> `to_iter_dataset`
-   (`read_threads` threads) -> `mp_prefetch(num_workers)` processes. Batching is a `MapDataset` step, so a
-   batch is a pure function of its index: the same batches come out whatever the number of workers or
-   threads, and an iterator state (`get_state()`, saved with `save_state`) restores the exact position.
+   stream (hosts see disjoint samples in each epoch) -> `batch(batch_size)` of sample indices ->
+   `map(MakeBatch)`: decode each image, resize and normalize + patchify it straight into its rows of the
+   batch (`images.write_patches`, bit-identical to `ImageProcessor.process_one`), expand the image
+   tokens, pad, M-RoPE positions -> `to_iter_dataset` (`read_threads` threads) -> `mp_prefetch(num_workers)`
+   processes. A batch is a pure function of its index in the `MapDataset`: the same batches come out
+   whatever the number of workers or threads, and an iterator state (`get_state()`, saved with
+   `save_state`) restores the exact position.
 
 Batch (numpy, static shapes for `jax.jit`; B = batch size, L = length bucket, P = patch bucket):
 
@@ -49,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -57,11 +58,12 @@ from typing import Sequence
 
 import grain
 import numpy as np
-from PIL import Image
 
 from rsground_jax.data import boxes as box_frames
+from rsground_jax.data import images as images_lib
 from rsground_jax.data.chat import ChatEncoder, ChatTemplate, EncodedChat, expand_image_tokens
 from rsground_jax.data.cot import make_cot
+from rsground_jax.data.images import FileImages
 from rsground_jax.data.records import DataError, GroundingRecord
 from rsground_jax.data.tokenizer import SpecialTokens
 from rsground_jax.models.processor import ImageProcessor
@@ -111,46 +113,6 @@ def shard_from_jax() -> tuple[int, int]:
     import jax  # only here: the data package does not import JAX otherwise
 
     return jax.process_index(), jax.process_count()
-
-
-# ------------------------------------------------------------------------------------------------ images
-
-
-@dataclasses.dataclass(frozen=True)
-class FileImages:
-    """Images read from the records' paths."""
-
-    paths: tuple[str, ...]
-
-    def load(self, i: int) -> Image.Image:
-        path = self.paths[i]
-        try:
-            im = Image.open(path)
-            im.load()
-            return im
-        except FileNotFoundError:
-            raise DataError(path, "image file not found", kind="missing_image") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(path, f"corrupt or unreadable image ({type(e).__name__}: {e})", kind="corrupt_image") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodedImages:
-    """Images held as encoded bytes by a random-access source (e.g. a TFDS data source), by index."""
-
-    source: object  # supports source[i][key] -> bytes
-    indices: tuple[int, ...]
-    key: str = "image"
-    name: str = "data source"
-
-    def load(self, i: int) -> Image.Image:
-        data = self.source[self.indices[i]][self.key]
-        try:
-            im = Image.open(io.BytesIO(data))
-            im.load()
-            return im
-        except (OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"{self.name}[{self.indices[i]}]", f"corrupt or unreadable image ({type(e).__name__}: {e})", kind="corrupt_image") from None
 
 
 # -------------------------------------------------------------------------------------------------- plan
@@ -259,10 +221,7 @@ def _plan(
     offsets = np.zeros(len(kept) + 1, np.int64)
     offsets[1:] = np.cumsum([len(c.ids) for c in kept_chats])
     resized = np.array([processor.resized_size(r.height, r.width) for r in kept], np.int32)
-    if isinstance(images, FileImages):
-        images = FileImages(tuple(images.paths[i] for i in keep))
-    elif isinstance(images, EncodedImages):
-        images = dataclasses.replace(images, indices=tuple(images.indices[i] for i in keep))
+    images = images.subset(keep)
     report.kept = len(kept)
     report.max_length = int(lengths.max())
     num_patches = grid_thw.prod(-1).astype(np.int32)
@@ -303,26 +262,6 @@ def plan_rl(records, tokenizer, processor, *, template=ChatTemplate(), max_lengt
 # ------------------------------------------------------------------------------------- samples, batches
 
 
-class LoadSample:
-    """index -> one sample: decoded, processed image and expanded tokens. Picklable (runs in workers)."""
-
-    def __init__(self, plan: Plan):
-        self.plan = plan
-
-    def __call__(self, index: int) -> dict:
-        plan = self.plan
-        image = plan.images.load(index)
-        pixel_values, grid = plan.processor.process_one(image)
-        if not np.array_equal(grid, plan.grid_thw[index]):
-            raise DataError(
-                plan.records[index].image_path,
-                f"image is {image.size[0]}x{image.size[1]} but the annotation says {plan.records[index].width}x{plan.records[index].height}",
-                kind="size_mismatch",
-            )
-        ids, loss_mask = expand_image_tokens(plan.chat(index), int(plan.num_image_tokens[index]), plan.specials.image_pad)
-        return {"index": index, "input_ids": ids, "loss_mask": loss_mask, "pixel_values": pixel_values}
-
-
 def _smallest_fitting(buckets: Sequence[int], size: int, what: str) -> int:
     for b in buckets:
         if b >= size:
@@ -330,8 +269,17 @@ def _smallest_fitting(buckets: Sequence[int], size: int, what: str) -> int:
     raise ValueError(f"a batch needs {size} {what}, more than the largest bucket {buckets[-1]}")
 
 
-class Collate:
-    """list of samples -> one static-shape batch (see the module docstring). Picklable."""
+def index_array(indices: Sequence[int]) -> np.ndarray:
+    """Grain `batch_fn` for the index stage: the sample indices of one batch."""
+    return np.asarray(indices, np.int64)
+
+
+class MakeBatch:
+    """Sample indices -> one static-shape batch (see the module docstring). Picklable: runs in workers.
+
+    Each image is decoded, resized and written straight into its rows of the batch's `pixel_values`
+    (`images.write_patches`, bit-identical to `ImageProcessor.process_one`); tokens come from the plan.
+    """
 
     def __init__(self, plan: Plan, batch_size: int, length_buckets: tuple[int, ...], patch_buckets: tuple[int, ...], padding_side: str):
         self.plan = plan
@@ -340,35 +288,54 @@ class Collate:
         self.patch_buckets = patch_buckets
         self.padding_side = padding_side
 
-    def __call__(self, samples: Sequence[dict]) -> dict[str, np.ndarray]:
+    def load_pixels(self, index: int, out: np.ndarray) -> None:
+        """Decode and process image `index` into `out` [num_patches, patch_dim]."""
+        plan = self.plan
+        image = plan.images.load(index)
+        resized = images_lib.resize(plan.processor, image)
+        rh, rw = (int(v) for v in plan.resized_hw[index])
+        if resized.shape[:2] != (rh, rw):
+            r = plan.records[index]
+            raise DataError(r.image_path, f"image is {image.size[0]}x{image.size[1]} but the annotation says {r.width}x{r.height}", kind="size_mismatch")
+        images_lib.write_patches(plan.processor, resized, out)
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         plan, B = self.plan, self.batch_size
+        n_real = len(indices)
         valid = np.zeros(B, np.int32)
-        valid[: len(samples)] = 1
-        samples = list(samples) + [samples[-1]] * (B - len(samples))  # fill a last partial batch
-        idx = np.array([s["index"] for s in samples], np.int64)
-        L = _smallest_fitting(self.length_buckets, max(len(s["input_ids"]) for s in samples), "tokens")
+        valid[:n_real] = 1
+        idx = np.concatenate([indices, np.full(B - n_real, indices[-1])]).astype(np.int64)  # fill a last partial batch
+        lengths = plan.lengths[idx]
+        L = _smallest_fitting(self.length_buckets, int(lengths.max()), "tokens")
         n_patches = plan.num_patches[idx]
-        P = _smallest_fitting(self.patch_buckets, int(n_patches.sum()), "patch rows")
+        total = int(n_patches.sum())
+        P = _smallest_fitting(self.patch_buckets, total, "patch rows")
+
+        pixel_values = np.empty((P, plan.processor.patch_dim), np.float32)
+        pixel_values[total:] = 0.0
+        row = 0
+        for i in idx:
+            k = int(plan.num_patches[i])
+            self.load_pixels(int(i), pixel_values[row : row + k])
+            row += k
+        pixel_mask = np.zeros(P, np.int32)
+        pixel_mask[:total] = 1
 
         input_ids = np.full((B, L), plan.specials.pad, np.int32)
         attention = np.zeros((B, L), np.int32)
         loss_mask = np.zeros((B, L), np.int32)
-        for b, s in enumerate(samples):
-            n = len(s["input_ids"])
+        for b, i in enumerate(idx):
+            ids, mask = expand_image_tokens(plan.chat(int(i)), int(plan.num_image_tokens[i]), plan.specials.image_pad)
+            n = len(ids)
             sl = slice(0, n) if self.padding_side == "right" else slice(L - n, L)
-            input_ids[b, sl] = s["input_ids"]
+            input_ids[b, sl] = ids
             attention[b, sl] = 1
             if plan.kind == "sft" and valid[b]:
-                loss_mask[b, sl] = s["loss_mask"]
+                loss_mask[b, sl] = mask
         grid = plan.grid_thw[idx]
         position_ids, rope_deltas = get_rope_index(
             input_ids, grid, attention, image_token_id=plan.specials.image_pad, spatial_merge_size=plan.processor.merge_size
         )
-        pixel_values = np.zeros((P, samples[0]["pixel_values"].shape[1]), np.float32)
-        np.concatenate([s["pixel_values"] for s in samples], axis=0, out=pixel_values[: int(n_patches.sum())])
-        pixel_mask = np.zeros(P, np.int32)
-        pixel_mask[: int(n_patches.sum())] = 1
-        prompt_length = (plan.target_start[idx] - 1 + plan.num_image_tokens[idx]).astype(np.int32)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -386,7 +353,7 @@ class Collate:
             "resized_hw": plan.resized_hw[idx],
             "sample_valid": valid,
             "record_index": idx.astype(np.int32),
-            "prompt_length": prompt_length,
+            "prompt_length": (plan.target_start[idx] - 1 + plan.num_image_tokens[idx]).astype(np.int32),
         }
         if plan.kind == "sft":
             batch["loss_mask"] = loss_mask
@@ -419,12 +386,9 @@ class Pipeline:
             ds = ds.repeat(config.num_epochs)
         if config.shard_count > 1:
             ds = ds[config.shard_index :: config.shard_count]
-        ds = ds.map(LoadSample(plan))
-        self.dataset = ds.batch(
-            config.batch_size,
-            drop_remainder=config.drop_remainder,
-            batch_fn=Collate(plan, config.batch_size, self.length_buckets, self.patch_buckets, side),
-        )
+        self.make_batch = MakeBatch(plan, config.batch_size, self.length_buckets, self.patch_buckets, side)
+        ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=index_array)
+        self.dataset = ds.map(self.make_batch)
 
     @property
     def report(self) -> PlanReport:

@@ -18,8 +18,8 @@ Features: `image` (JPEG), `image_filename`, `width`, `height`, `box` (x1, y1, x2
 `expression`, `category`, `object_index` (the global index of the split files), and the other objects of
 the image: `other_boxes` [n, 4], `other_categories`, `other_expressions` ('' where none).
 
-Read: `load_tfds_split(DATA_DIR, split)` -> (records, images) where `images` is a
-`pipeline.EncodedImages` over the data source: pass both to `sft_pipeline(..., images=images)`.
+Read: `load_tfds_split(DATA_DIR, split)` -> (records, images) where `images` is an
+`images.EncodedImages` over the data source: pass both to `sft_pipeline(..., images=images)`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from rsground_jax.data.pipeline import EncodedImages
+from rsground_jax.data.images import EncodedImages
 from rsground_jax.data.readers import load_split
 from rsground_jax.data.records import AnnotatedObject, GroundingRecord
 
