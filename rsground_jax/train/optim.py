@@ -1,0 +1,55 @@
+"""The optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, weight decay on matrices
+only, and an optional frozen vision tower (its updates are exactly zero and it keeps no Adam moments)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    end_lr_fraction: float = 0.0  # cosine decays to lr * end_lr_fraction
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+    freeze_vision: bool = False
+
+
+def schedule(cfg: OptimConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if cfg.warmup_steps else cfg.lr, peak_value=cfg.lr,
+        warmup_steps=cfg.warmup_steps, decay_steps=max(cfg.total_steps, cfg.warmup_steps + 1),
+        end_value=cfg.lr * cfg.end_lr_fraction)
+
+
+def _decay_mask(params):
+    """Decay weight matrices; not norms, biases, or other vectors (per layer: ndim after the layer axis)."""
+    def leaf(path, x):
+        name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
+        return not ("norm" in name or "bias" in name) and x.ndim >= 2
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def _is_vision(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "vision" if any(getattr(p, "key", None) == "vision" for p in path) else "rest", params)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    chain = []
+    if cfg.clip_norm is not None:
+        chain.append(optax.clip_by_global_norm(cfg.clip_norm))
+    chain.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             mask=_decay_mask))
+    tx = optax.chain(*chain)
+    if cfg.freeze_vision:
+        tx = optax.multi_transform({"vision": optax.set_to_zero(), "rest": tx}, _is_vision)
+    return tx
