@@ -17,7 +17,8 @@ Small (`build_small_tokenizer`, `load_small_tokenizer`)
     A byte-level BPE trained on the synthetic expressions, CoT texts and prompts, with Qwen's
     pre-tokenizer (its split regex: numbers become single digits, so boxes are written digit by digit)
     and NFC normalizer, its own special tokens `<|endoftext|>` (padding), `<|im_start|>`, `<|im_end|>`
-    (end of turn), `<|vision_start|>`, `<|vision_end|>`, `<|image_pad|>`, and `<think>`, `</think>` as
+    (end of turn), `<|vision_start|>`, `<|vision_end|>`, `<|image_pad|>`, `<|video_pad|>` (unused by the
+    data, but it gives the model config a `video_token_id` that no text token shares), and `<think>`, `</think>` as
     added non-special tokens (as in Qwen3: atomic, kept by `decode(skip_special_tokens=True)`).
     `<answer>` and `</answer>` are plain text in both tokenizers. Any text encodes (byte fallback through
     the 256 byte symbols); unseen words just take more tokens. A copy is shipped in
@@ -41,7 +42,9 @@ from typing import Iterable
 QWEN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+)
 THINK_TOKENS = ("<think>", "</think>")
 QWEN25_LAST_ADDED_ID = 151664  # <|file_sep|>: the last added token of the Qwen2.5 tokenizers
 SMALL_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer_small"
@@ -57,6 +60,7 @@ class SpecialTokens:
     vision_start: int
     vision_end: int
     image_pad: int
+    video_pad: int  # never produced by this data pipeline; the model config's video_token_id
     think_start: int | None  # None where <think> is plain text (Qwen2.5)
     think_end: int | None
     vocab_size: int  # len(tokenizer): every id is below it
@@ -83,6 +87,7 @@ def special_token_ids(tokenizer) -> SpecialTokens:
         vision_start=single("<|vision_start|>", True),
         vision_end=single("<|vision_end|>", True),
         image_pad=single("<|image_pad|>", True),
+        video_pad=single("<|video_pad|>", True),
         think_start=single("<think>", False),
         think_end=single("</think>", False),
         vocab_size=len(tokenizer),
@@ -155,7 +160,7 @@ def load_tokenizer(name_or_path: str):
 def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2):
     """Train the small byte-level BPE on `corpus`, save it in HF format in `out_dir`, return it loaded.
 
-    Ids: the special tokens 0-5, the 256 byte symbols, the merges in the order learned, then `<think>`,
+    Ids: the special tokens 0-6, the 256 byte symbols, the merges in the order learned, then `<think>`,
     `</think>`. Training is our own (`_train_bpe`): the `tokenizers` trainer breaks ties between equally
     frequent pairs differently from run to run, and the shipped vocabulary must be reproducible.
     """

@@ -21,7 +21,7 @@ def test_qwen_vocabulary_special_ids_and_digits(qwen_tokenizer):
     tok = qwen_tokenizer
     assert tok.encode("<|image_pad|>", add_special_tokens=False) == [151655]
     s = special_token_ids(tok)
-    assert (s.pad, s.im_start, s.im_end, s.vision_start, s.vision_end, s.image_pad) == (151643, 151644, 151645, 151652, 151653, 151655)
+    assert (s.pad, s.im_start, s.im_end, s.vision_start, s.vision_end, s.image_pad, s.video_pad) == (151643, 151644, 151645, 151652, 151653, 151655, 151656)
     # Qwen2.5-VL has no <think> token: it is plain text there.
     assert s.think_start is None and len(tok.encode("<think>", add_special_tokens=False)) > 1
     ids = tok.encode("[1024, 37]", add_special_tokens=False)
@@ -43,8 +43,8 @@ def test_small_tokenizer_is_hf_format_with_its_own_specials(small_tokenizer):
         assert loaded.encode(ANSWER) == small_tokenizer.encode(ANSWER)
     s = special_token_ids(small_tokenizer)
     assert s.vocab_size == len(small_tokenizer) < 4096
-    ids = {s.pad, s.im_start, s.im_end, s.vision_start, s.vision_end, s.image_pad, s.think_start, s.think_end}
-    assert None not in ids and len(ids) == 8 and max(ids) < s.vocab_size
+    ids = {s.pad, s.im_start, s.im_end, s.vision_start, s.vision_end, s.image_pad, s.video_pad, s.think_start, s.think_end}
+    assert None not in ids and len(ids) == 9 and max(ids) < s.vocab_size
     assert small_tokenizer.eos_token == "<|im_end|>" and small_tokenizer.pad_token_id == s.pad
     toks = small_tokenizer.convert_ids_to_tokens(small_tokenizer.encode("[1024, 37]"))
     assert [t for t in toks if t.isdigit()] == ["1", "0", "2", "4", "3", "7"]
