@@ -82,8 +82,8 @@ _NOUN_TO_NAME = {c.noun: c.name for c in CATEGORIES.values()}
 class SynthConfig:
     """Difficulty knobs. Ranges are inclusive `(min, max)`.
 
-    image_size: side lengths in pixels, drawn independently for width and height (`square=True`: once),
-        rounded down to a multiple of `size_step`.
+    image_size: side lengths in pixels, drawn independently for width and height (`square=True`: once)
+        among the multiples of `size_step` in the range, uniformly.
     categories: DIOR class names to draw from.
     num_categories: how many categories carry the (possibly repeated) instances.
     instances_per_category: instances of each of those categories.
@@ -125,6 +125,9 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{field} must be an increasing (min, max) pair, got {(lo, hi)}")
         if self.image_size[0] < max(self.size_step, 32):
             raise ValueError(f"image sides must be at least {max(self.size_step, 32)} px, got {self.image_size}")
+        step = max(1, self.size_step)
+        if -(-self.image_size[0] // step) > self.image_size[1] // step:
+            raise ValueError(f"SynthConfig.image_size {self.image_size} holds no multiple of size_step {self.size_step}")
         if self.num_categories[0] < 1:
             raise ValueError("num_categories must allow at least one category")
         if self.size_variation < 1.0:
@@ -577,8 +580,8 @@ def generate_image(config: SynthConfig, seed: int, index: int) -> SynthImage:
     lo, hi = config.image_size
     step = max(1, config.size_step)
 
-    def side():
-        return max(step, (int(rng.integers(lo, hi + 1)) // step) * step)
+    def side():  # a multiple of size_step in [lo, hi], each equally likely
+        return step * int(rng.integers(-(-lo // step), hi // step + 1))
 
     width = side()
     height = width if config.square else side()
