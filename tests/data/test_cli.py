@@ -56,3 +56,17 @@ def test_missing_arguments_exit_with_usage(args):
     with pytest.raises(SystemExit) as info:
         main(args)
     assert info.value.code == 2
+
+
+def test_tokenizer_and_tfds_actions(tmp_path, capsys):
+    from rsground_jax.data.tokenizer import load_small_tokenizer
+
+    from .conftest import make_dior
+
+    assert main(["data", "tokenizer", "--out", str(tmp_path / "tok"), "--num-images", "10", "--vocab-size", "400"]) == 0
+    assert "'image_pad': 5" in capsys.readouterr().out
+    assert load_small_tokenizer(tmp_path / "tok").encode("<|image_pad|>") == [5]
+    root = make_dior(tmp_path / "d")
+    assert main(["data", "tfds", "--manual-dir", str(root), "--data-dir", str(tmp_path / "tfds")]) == 0
+    out = capsys.readouterr().out
+    assert "built dior_rsvg 1.0.0" in out and "train 3" in out and "test 2" in out
