@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -68,6 +69,8 @@ from rsground_jax.data.records import DataError, GroundingRecord
 from rsground_jax.data.tokenizer import SpecialTokens
 from rsground_jax.models.processor import ImageProcessor
 from rsground_jax.models.qwen2_5_vl.rope_index import get_rope_index
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -110,7 +113,7 @@ class PipelineConfig:
 
 def shard_from_jax() -> tuple[int, int]:
     """(process_index, process_count) of the running JAX program, for `shard_index` / `shard_count`."""
-    import jax  # only here: the data package does not import JAX otherwise
+    import jax  # only here: this module does not use JAX otherwise
 
     return jax.process_index(), jax.process_count()
 
@@ -226,6 +229,8 @@ def _plan(
     report.max_length = int(lengths.max())
     num_patches = grid_thw.prod(-1).astype(np.int32)
     report.max_patches = int(num_patches.max())
+    if report.skipped:
+        log.warning("%s", report.summary())
     return Plan(
         kind=kind,
         records=kept,

@@ -41,7 +41,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -845,6 +844,3 @@ def _write_all(out: Path, jobs, results) -> dict[int, list[bool]]:
         described[index] = has
     return described
 
-
-def default_workers() -> int:
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
