@@ -37,7 +37,8 @@ Batch (numpy, static shapes for `jax.jit`; B = batch size, L = length bucket, P 
     answer_box         [B, 4] int32     the integer box the model is taught (resized frame)
     original_hw        [B, 2] int32
     resized_hw         [B, 2] int32
-    sample_valid       [B] int32        0 on the copies that fill a last partial batch
+    sample_valid       [B] int32        0 on the copies that fill a last partial batch (and the padding that
+                                        gives every host the same number of batches of a finite stream)
     record_index       [B] int32        index into `plan.records`
     prompt_length      [B] int32        tokens before the first target (SFT) / the whole prompt (RL)
 
@@ -306,10 +307,12 @@ class MakeBatch:
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         plan, B = self.plan, self.batch_size
-        n_real = len(indices)
+        indices = np.asarray(indices, np.int64)
         valid = np.zeros(B, np.int32)
-        valid[:n_real] = 1
-        idx = np.concatenate([indices, np.full(B - n_real, indices[-1])]).astype(np.int64)  # fill a last partial batch
+        valid[: len(indices)] = indices >= 0  # -1: padding of a finite sharded stream
+        fill = int(indices[indices >= 0][0]) if valid.any() else 0
+        # A last partial batch and padding entries are filled with copies of a real sample (sample_valid 0).
+        idx = np.where(valid == 1, np.concatenate([indices, np.full(B - len(indices), fill)]), fill).astype(np.int64)
         lengths = plan.lengths[idx]
         L = _smallest_fitting(self.length_buckets, int(lengths.max()), "tokens")
         n_patches = plan.num_patches[idx]
@@ -390,6 +393,12 @@ class Pipeline:
         if config.num_epochs != 1:
             ds = ds.repeat(config.num_epochs)
         if config.shard_count > 1:
+            if config.num_epochs is not None:
+                # Pad a finite stream to a multiple of the host count with -1 (filled with sample_valid = 0
+                # copies), so that every host sees the same number of batches and none waits for another.
+                pad = (-len(ds)) % config.shard_count
+                if pad:
+                    ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([-1] * pad)])
             ds = ds[config.shard_index :: config.shard_count]
         self.make_batch = MakeBatch(plan, config.batch_size, self.length_buckets, self.patch_buckets, side)
         ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=index_array)

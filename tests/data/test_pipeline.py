@@ -149,9 +149,25 @@ def test_hosts_get_disjoint_shards_of_each_epoch(train_records, small_tokenizer)
     seen = []
     for shard in range(2):
         cfg = PipelineConfig(batch_size=1, num_epochs=1, seed=5, shard_index=shard, shard_count=2)
-        seen.append([int(b["record_index"][0]) for b in sft_pipeline(train_records, small_tokenizer, PROC, cfg)])
+        seen.append([int(b["record_index"][0]) for b in sft_pipeline(train_records, small_tokenizer, PROC, cfg) if b["sample_valid"][0]])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(n))
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_finite_sharded_streams_give_every_host_the_same_number_of_batches(train_records, small_tokenizer, drop_remainder):
+    n = len(train_records)
+    hosts = 3 if n % 3 else 4  # the samples do not split evenly
+    assert n % hosts
+    per_host = []
+    for shard in range(hosts):
+        cfg = PipelineConfig(batch_size=4, num_epochs=1, shard_index=shard, shard_count=hosts, drop_remainder=drop_remainder)
+        per_host.append(list(sft_pipeline(train_records, small_tokenizer, PROC, cfg)))
+    assert len({len(b) for b in per_host}) == 1
+    seen = [int(i) for batches in per_host for b in batches for i, v in zip(b["record_index"], b["sample_valid"]) if v]
+    assert len(seen) == len(set(seen))
+    if not drop_remainder:
+        assert sorted(seen) == list(range(n))
 
 
 def test_last_partial_batch_is_filled_with_invalid_copies(train_records, small_tokenizer):
