@@ -1,0 +1,74 @@
+"""RSVG grounding metrics (the RSVG-pytorch evaluation convention).
+
+Boxes are (x1, y1, x2, y2) in original-image pixels. IoU uses continuous areas (no +1):
+`inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))`. `Pr@t` is the fraction of expressions with
+IoU strictly greater than t; `meanIoU` the mean per-sample IoU; `cumIoU` the sum of intersections over the
+sum of unions. A prediction that could not be parsed (None or a row with NaN) scores IoU 0, adds 0 to the
+intersections and the ground-truth area to the unions, and is counted in `num_unparsable`. A pair whose
+union is 0 (two degenerate boxes) scores IoU 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _as_boxes(boxes, what: str) -> np.ndarray:
+    rows = [[np.nan] * 4 if b is None else list(b) for b in boxes] if not isinstance(boxes, np.ndarray) else boxes
+    arr = np.asarray(rows, np.float64).reshape(-1, 4) if len(rows) else np.zeros((0, 4))
+    return arr
+
+
+def clip_boxes(boxes: np.ndarray, image_hw: np.ndarray) -> np.ndarray:
+    """Clamp [n, 4] boxes to their images ([n, 2] height, width); NaN rows stay NaN."""
+    boxes = np.array(boxes, np.float64)
+    hw = np.asarray(image_hw, np.float64).reshape(-1, 2)
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, hw[:, 1:2])
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, hw[:, 0:1])
+    return boxes
+
+
+def box_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elementwise IoU of [n, 4] boxes; returns (iou, intersection, union). NaN predictions give 0 / gt area."""
+    valid = np.isfinite(pred).all(-1)
+    p = np.where(valid[:, None], pred, 0.0)
+    iw = np.maximum(0.0, np.minimum(p[:, 2], gt[:, 2]) - np.maximum(p[:, 0], gt[:, 0]))
+    ih = np.maximum(0.0, np.minimum(p[:, 3], gt[:, 3]) - np.maximum(p[:, 1], gt[:, 1]))
+    inter = np.where(valid, iw * ih, 0.0)
+    area = lambda b: np.maximum(0.0, b[:, 2] - b[:, 0]) * np.maximum(0.0, b[:, 3] - b[:, 1])  # noqa: E731
+    union = np.where(valid, area(p) + area(gt) - inter, area(gt))
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou, inter, union
+
+
+def grounding_metrics(pred_boxes: Sequence | np.ndarray, gt_boxes: Sequence | np.ndarray,
+                      image_hw: np.ndarray | None = None) -> dict[str, float]:
+    """Pr@0.5 ... Pr@0.9, meanIoU, cumIoU (fractions in [0, 1]) plus counts.
+
+    Args:
+      pred_boxes: [n] boxes (x1, y1, x2, y2); None or NaN for an unparsable prediction.
+      gt_boxes: [n, 4] ground-truth boxes.
+      image_hw: optional [n, 2] original (height, width): predictions are clamped to the image first.
+    """
+    pred = _as_boxes(pred_boxes, "pred_boxes")
+    gt = _as_boxes(gt_boxes, "gt_boxes")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred_boxes has {len(pred)} boxes but gt_boxes has {len(gt)}")
+    if not np.isfinite(gt).all():
+        raise ValueError("gt_boxes contains NaN or infinite coordinates")
+    n = len(gt)
+    if n == 0:
+        raise ValueError("grounding_metrics needs at least one sample")
+    if image_hw is not None:
+        pred = clip_boxes(pred, image_hw)
+    iou, inter, union = box_iou(pred, gt)
+    out = {f"Pr@{t}": float(np.mean(iou > t)) for t in THRESHOLDS}
+    out["meanIoU"] = float(iou.mean())
+    out["cumIoU"] = float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
+    out["num_samples"] = n
+    out["num_unparsable"] = int((~np.isfinite(pred).all(-1)).sum())
+    return out
