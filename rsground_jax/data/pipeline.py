@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- config
 
 
+ANSWER_STYLES = ("cot", "box")
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     batch_size: int
@@ -94,8 +97,11 @@ class PipelineConfig:
     on_overflow: str = "error"  # or "skip": samples longer than the largest length bucket
     padding_side: str | None = None  # None: "right" for SFT, "left" for RL
     cot_seed: int = 0  # picks the CoT phrasings (fixed per record across epochs)
+    answer_style: str = "cot"  # SFT target: "cot" (<think>...</think><answer>[box]</answer>) or "box" ([box] only)
 
     def __post_init__(self):
+        if self.answer_style not in ANSWER_STYLES:
+            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.shard_index < self.shard_count:
@@ -181,6 +187,7 @@ def _plan(
     template: ChatTemplate,
     cot_seed: int,
     max_length: int | None,
+    answer_style: str = "cot",
     on_overflow: str,
     images=None,
 ) -> Plan:
@@ -189,7 +196,11 @@ def _plan(
         raise ValueError("no records to build a pipeline from")
     encoder = ChatEncoder(tokenizer, template)
     expressions = [r.expression for r in records]
-    if kind == "sft":
+    if kind == "sft" and answer_style == "box":
+        # the base model's plain grounding answer: the box in the resized frame, no reasoning
+        answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
+        chats = encoder.encode_sft(expressions, [box_frames.format_box(a) for a in answers])
+    elif kind == "sft":
         cots = [make_cot(r, processor, [cot_seed, i]) for i, r in enumerate(records)]
         chats = encoder.encode_sft(expressions, [c.text for c in cots])
         answers = [c.answer_box for c in cots]
@@ -255,9 +266,9 @@ def _plan(
     )
 
 
-def plan_sft(records, tokenizer, processor, *, template=ChatTemplate(), cot_seed=0, max_length=None, on_overflow="error", images=None) -> Plan:
+def plan_sft(records, tokenizer, processor, *, template=ChatTemplate(), cot_seed=0, max_length=None, on_overflow="error", images=None, answer_style="cot") -> Plan:
     """Plan CoT-SFT samples (see the module docstring)."""
-    return _plan("sft", records, tokenizer, processor, template=template, cot_seed=cot_seed, max_length=max_length, on_overflow=on_overflow, images=images)
+    return _plan("sft", records, tokenizer, processor, template=template, cot_seed=cot_seed, max_length=max_length, on_overflow=on_overflow, images=images, answer_style=answer_style)
 
 
 def plan_rl(records, tokenizer, processor, *, template=ChatTemplate(), max_length=None, on_overflow="error", images=None) -> Plan:
@@ -422,32 +433,38 @@ class Pipeline:
     def fingerprint(self) -> str:
         """What an iterator state is only valid for: the plan and everything that orders the batches."""
         c = self.config
-        key = [self.plan.fingerprint(), c.batch_size, self.length_buckets, self.patch_buckets, c.seed, c.shuffle, c.num_epochs, c.drop_remainder, c.shard_index, c.shard_count, c.num_workers > 0, c.cot_seed]
+        key = [self.plan.fingerprint(), c.batch_size, self.length_buckets, self.patch_buckets, c.seed, c.shuffle, c.num_epochs, c.drop_remainder, c.shard_index, c.shard_count, c.num_workers > 0, c.cot_seed, c.answer_style]
         return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+
+    def state_dict(self, iterator) -> dict:
+        """The iterator's position as a JSON-able dict, tagged with this pipeline's fingerprint."""
+        return {"fingerprint": self.fingerprint(), "grain_state": _jsonable(iterator.get_state())}
+
+    def load_state_dict(self, iterator, payload: dict, source: str = "state") -> None:
+        """Move a fresh iterator of this pipeline to a saved position; error if it was another pipeline."""
+        if payload.get("fingerprint") != self.fingerprint():
+            raise ValueError(
+                f"{source}: iterator state was saved by a different pipeline (fingerprint {payload.get('fingerprint')} "
+                f"!= {self.fingerprint()}): data, batch size, buckets, seed, sharding or worker mode changed"
+            )
+        iterator.set_state(_from_jsonable(payload["grain_state"]))
 
     def save_state(self, iterator, path) -> None:
         """Write the iterator's position (JSON) atomically, with this pipeline's fingerprint."""
         path = Path(path)
-        payload = {"fingerprint": self.fingerprint(), "grain_state": _jsonable(iterator.get_state())}
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload))
+        tmp.write_text(json.dumps(self.state_dict(iterator)))
         os.replace(tmp, path)
 
     def restore_state(self, iterator, path) -> None:
         """Move a fresh iterator of this pipeline to a saved position; error if it was another pipeline."""
-        payload = json.loads(Path(path).read_text())
-        if payload.get("fingerprint") != self.fingerprint():
-            raise ValueError(
-                f"{path}: iterator state was saved by a different pipeline (fingerprint {payload.get('fingerprint')} "
-                f"!= {self.fingerprint()}): data, batch size, buckets, seed, sharding or worker mode changed"
-            )
-        iterator.set_state(_from_jsonable(payload["grain_state"]))
+        self.load_state_dict(iterator, json.loads(Path(path).read_text()), source=str(path))
 
 
 def sft_pipeline(records, tokenizer, processor: ImageProcessor, config: PipelineConfig, *, template=ChatTemplate(), images=None) -> Pipeline:
     """Plan CoT-SFT samples and build their pipeline."""
     max_len = config.length_buckets[-1] if config.length_buckets else None
-    plan = plan_sft(records, tokenizer, processor, template=template, cot_seed=config.cot_seed, max_length=max_len, on_overflow=config.on_overflow, images=images)
+    plan = plan_sft(records, tokenizer, processor, template=template, cot_seed=config.cot_seed, max_length=max_len, on_overflow=config.on_overflow, images=images, answer_style=config.answer_style)
     return Pipeline(plan, config)
 
 

@@ -259,3 +259,19 @@ def test_data_modules_import_without_jax():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_box_answer_style_teaches_only_the_box(train_records, small_tokenizer):
+    """The base model's targets: the integer resized-frame box, no reasoning."""
+    from rsground_jax.data.boxes import answer_box, format_box
+
+    pl = sft_pipeline(train_records[:8], small_tokenizer, PROC,
+                      PipelineConfig(batch_size=4, shuffle=False, answer_style="box"))
+    batch = next(iter(pl))
+    for b in range(4):
+        r = pl.plan.records[b]
+        target = small_tokenizer.decode(batch["input_ids"][b][batch["loss_mask"][b] == 1])
+        assert target == format_box(answer_box(r.box, r.height, r.width, PROC)) + "<|im_end|>"
+        assert tuple(batch["answer_box"][b]) == answer_box(r.box, r.height, r.width, PROC)
+    with pytest.raises(ValueError, match="answer_style"):
+        PipelineConfig(batch_size=1, answer_style="json")
