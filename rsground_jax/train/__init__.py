@@ -8,3 +8,6 @@ __all__ = [
     "LOSSES", "OptimConfig", "TrainState", "add_vision_inputs", "make_optimizer", "make_sft_step",
     "sft_cross_entropy", "stack_micro_batches", "static_vision_sizes",
 ]
+from .loop import LoopConfig, LoopResult, NonFiniteLossError, run_sft  # noqa: E402
+
+__all__ += ["LoopConfig", "LoopResult", "NonFiniteLossError", "run_sft"]

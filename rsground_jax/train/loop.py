@@ -1,0 +1,196 @@
+"""The SFT training loop: batches in, jitted steps, metrics out, Orbax checkpoints, exact resume, preemption.
+
+A checkpoint (Orbax `CheckpointManager`, one directory per step under `<workdir>/checkpoints`) holds the
+whole `TrainState` (parameters, optimizer state, step and skip counters) and the data iterator's position.
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so an interrupted save
+never looks like a checkpoint. Saves are asynchronous: the step loop goes on while files are written.
+
+`resume=True` restores the latest checkpoint and the iterator position, so a stopped-and-resumed run sees
+exactly the batches, and produces exactly the losses, of an uninterrupted one. SIGTERM (how TPU VMs are
+preempted) finishes the current step, saves, waits for the save, and returns with `preempted=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from .step import TrainState, add_vision_inputs, make_sft_step, stack_micro_batches, static_vision_sizes
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    total_steps: int
+    accum_steps: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    max_skips_in_row: int = 5
+    async_checkpoints: bool = True
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: TrainState
+    history: list[dict]  # logged metrics rows
+    preempted: bool
+    resumed_from: int | None
+
+
+class MetricsWriter:
+    """Metrics rows to `<workdir>/metrics.jsonl` and TensorBoard event files in `<workdir>/tb`."""
+
+    def __init__(self, workdir: str):
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        except ImportError:  # optional: JSONL is always written
+            self._tb = None
+
+    def write(self, row: dict) -> None:
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (restores the old handler on exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no preemption support
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def checkpoint_manager(workdir: str, cfg: LoopConfig) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep_checkpoints, save_interval_steps=cfg.checkpoint_every,
+        enable_async_checkpointing=cfg.async_checkpoints, create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+
+
+def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, workdir: str, *,
+            resume: bool = False, schedule: Callable[[int], float] | None = None,
+            on_log: Callable[[dict], None] | None = None) -> LoopResult:
+    """Train `model` (NNX, updated in place at the end) on `pipeline` batches for `cfg.total_steps` steps."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = TrainState.create(params, tx)
+    step_fn = make_sft_step(graphdef, tx)
+    mngr = checkpoint_manager(workdir, cfg)
+    iterator = iter(pipeline)
+    resumed_from = None
+    if resume and mngr.latest_step() is not None:
+        resumed_from = mngr.latest_step()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = mngr.restore(resumed_from, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state = restored["state"]
+        pipeline.load_state_dict(iterator, restored["data"], source=f"checkpoint {resumed_from}")
+        log.info("resumed from step %d", resumed_from)
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", workdir)
+
+    vcfg = model.config.vision
+    grids = pipeline.plan.grid_thw
+    B = pipeline.config.batch_size
+    writer = MetricsWriter(workdir)
+    history: list[dict] = []
+    start = int(state.step)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.total_steps, initial=start, desc="sft", unit="step", dynamic_ncols=True)
+    preempted = False
+    t_last, samples_since = time.perf_counter(), 0
+    try:
+        with _Preemption() as preempt:
+            for _ in range(start, cfg.total_steps):
+                micro = []
+                for _ in range(cfg.accum_steps):
+                    batch = next(iterator)
+                    nw, fs = static_vision_sizes(grids, vcfg, B, batch["pixel_values"].shape[0])
+                    micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
+                    samples_since += int(batch["sample_valid"].sum())
+                state, metrics = step_fn(state, stack_micro_batches(micro))
+                step = int(state.step)
+                if step % cfg.log_every == 0 or step == cfg.total_steps:
+                    row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    row.update(step=step, samples_per_s=samples_since / (now - t_last),
+                               skipped_total=int(state.skipped_total))
+                    if schedule is not None:
+                        row["lr"] = float(schedule(step - 1))
+                    t_last, samples_since = now, 0
+                    history.append(row)
+                    writer.write(row)
+                    if on_log:
+                        on_log(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", rate=f"{row['samples_per_s']:.1f}/s")
+                if bar is not None:
+                    bar.update(1)
+                if int(state.skipped_in_row) > cfg.max_skips_in_row:
+                    raise NonFiniteLossError(
+                        f"{int(state.skipped_in_row)} consecutive steps had a non-finite loss or gradient (last at "
+                        f"step {step}); the state holds the last finite update. Lower the learning rate or check "
+                        f"the data; the run can be resumed from the last checkpoint.")
+                mngr.save(step, args=_ckpt_args(state, pipeline, iterator),
+                          force=preempt.requested or step == cfg.total_steps)
+                if preempt.requested:
+                    preempted = True
+                    break
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        if bar is not None:
+            bar.close()
+    nnx.update(model, state.params)
+    return LoopResult(state=state, history=history, preempted=preempted, resumed_from=resumed_from)
+
+
+def _ckpt_args(state: TrainState, pipeline, iterator) -> Any:
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(pipeline.state_dict(iterator)))

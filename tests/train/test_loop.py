@@ -1,0 +1,95 @@
+"""The SFT loop: exact resume, SIGTERM checkpoint, stop after too many non-finite steps, metrics files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from rsground_jax.data import load_split
+from rsground_jax.data.pipeline import PipelineConfig, sft_pipeline
+from rsground_jax.data.synthetic import generate_dataset
+from rsground_jax.data.tokenizer import load_small_tokenizer, special_token_ids
+from rsground_jax.models import ImageProcessor, Qwen25VL
+from rsground_jax.models.qwen2_5_vl import tiny
+from rsground_jax.train import LoopConfig, NonFiniteLossError, OptimConfig, make_optimizer, run_sft
+
+PROC = ImageProcessor(max_pixels=112 * 112)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, 24, seed=3, config="tiny")
+    tok = load_small_tokenizer()
+    sp = special_token_ids(tok)
+    cfg = tiny(vocab_size=sp.vocab_size, image_token_id=sp.image_pad, vision_start_token_id=sp.vision_start,
+               vision_end_token_id=sp.vision_end, eos_token_id=sp.im_end, bos_token_id=sp.pad,
+               video_token_id=sp.video_pad, text_layers=2, vision_depth=2)
+    return load_split(root, "train"), tok, cfg
+
+
+def _run(setup, workdir, total, resume=False, on_log=None, pipeline=None, max_skips=5, lr=2e-3):
+    records, tok, cfg = setup
+    pl = pipeline or sft_pipeline(records, tok, PROC, PipelineConfig(batch_size=4, seed=1, answer_style="box"))
+    model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+    tx = make_optimizer(OptimConfig(lr=lr, warmup_steps=2, total_steps=8))
+    loop = LoopConfig(total_steps=total, log_every=1, checkpoint_every=2, keep_checkpoints=2, progress=False,
+                      max_skips_in_row=max_skips)
+    return run_sft(model, pl, tx, loop, str(workdir), resume=resume, on_log=on_log)
+
+
+def test_stopped_and_resumed_run_has_the_same_losses(setup, tmp_path):
+    full = _run(setup, tmp_path / "full", 7)
+    first = _run(setup, tmp_path / "split", 4)
+    assert first.resumed_from is None and len(first.history) == 4
+    second = _run(setup, tmp_path / "split", 7, resume=True)
+    assert second.resumed_from == 4
+    full_losses = [r["loss"] for r in full.history]
+    split_losses = [r["loss"] for r in first.history] + [r["loss"] for r in second.history]
+    assert [r["step"] for r in second.history] == [5, 6, 7]
+    np.testing.assert_array_equal(split_losses, full_losses)
+    assert full_losses[-1] < full_losses[0]
+    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 8)) and all(np.isfinite(r["loss"]) for r in rows)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "full" / "tb"))
+    kept = sorted(int(d) for d in os.listdir(tmp_path / "full" / "checkpoints") if d.isdigit())
+    assert kept == [6, 7]  # keep the last 2; the final step is always saved
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(setup, tmp_path):
+    def preempt(row):
+        if row["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = _run(setup, tmp_path, 10, on_log=preempt)
+    assert result.preempted and int(result.state.step) == 3
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert steps[-1] == 3  # saved out of schedule (checkpoint_every=2)
+    resumed = _run(setup, tmp_path, 5, resume=True)
+    assert resumed.resumed_from == 3 and [r["step"] for r in resumed.history] == [4, 5]
+
+
+class _NaNPipeline:
+    """A pipeline whose images are NaN: every step is non-finite."""
+
+    def __init__(self, inner):
+        self.inner, self.plan, self.config = inner, inner.plan, inner.config
+
+    def __iter__(self):
+        for batch in self.inner:
+            yield dict(batch, pixel_values=np.full_like(batch["pixel_values"], np.nan))
+
+    def state_dict(self, iterator):
+        return {}
+
+
+def test_too_many_nonfinite_steps_stop_with_a_clear_message(setup, tmp_path):
+    records, tok, _ = setup
+    pl = _NaNPipeline(sft_pipeline(records, tok, PROC, PipelineConfig(batch_size=4, answer_style="box")))
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
+        _run(setup, tmp_path, 10, pipeline=pl, max_skips=2)
