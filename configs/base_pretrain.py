@@ -1,0 +1,37 @@
+"""The embedded base model: a tiny Qwen2.5-VL pretrained for grounding on synthetic scenes.
+
+Plain box answers (no reasoning), a curriculum from one object per image to crowded scenes with positional
+cues, 112x112 pixel budget (at most 16 image tokens). Reproduce with
+    python tools/train_base.py --config configs/base_pretrain.py
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/base_pretrain"
+    c.output = "rsground_jax/assets/base_model"  # HF directory shipped in the package
+    c.max_pixels = 112 * 112
+    c.template_system = ""  # empty: no system turn (shorter sequences for the tiny model)
+    c.template_question = 'Locate "{expression}" and give its box [x1, y1, x2, y2].'
+    c.answer_style = "box"
+    c.length_bucket = 96
+    c.eval_images = 100
+
+    def stage(name, synth, images, steps, batch, lr):
+        s = ml_collections.ConfigDict()
+        s.name, s.synth, s.num_images, s.steps, s.batch_size, s.lr = name, synth, images, steps, batch, lr
+        s.warmup_steps = 100
+        return s
+
+    # synth: a preset of rsground_jax.data.synthetic, plus overrides of its SynthConfig fields
+    single = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 112), num_categories=(1, 1),
+                                            instances_per_category=(1, 1), num_distractors=(0, 0)))
+    crowded = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 168)))
+    c.stages = [
+        stage("single_object", single, 2000, 2400, 32, 2e-3),
+        stage("positional", crowded, 3000, 1600, 32, 1e-3),
+    ]
+    return c
