@@ -2,7 +2,8 @@
 
 Plain box answers (no reasoning), a curriculum from one object per image to crowded scenes with positional
 cues, 112x112 pixel budget (at most 16 image tokens). Reproduce with
-    python tools/train_base.py --config configs/base_pretrain.py
+    rsground sft --config configs/base_pretrain.py
+(the same as `python tools/train_base.py`). Rerunning resumes from the stage checkpoints in `workdir`.
 """
 
 import ml_collections
@@ -11,6 +12,8 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.init = "tiny"  # random weights of the tiny preset, sized to the tokenizer
+    c.tokenizer = "small"
     c.workdir = "runs/base_pretrain"
     c.output = "rsground_jax/assets/base_model"  # HF directory shipped in the package
     c.max_pixels = 112 * 112

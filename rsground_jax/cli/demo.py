@@ -1,79 +1,131 @@
-"""`rsground demo`: the main job.
+"""`rsground demo`: the main job, on the CPU, from nothing but the installed package.
 
-Today (model issue): builds the tiny Qwen2.5-VL preset, draws an aerial-looking test image, runs the image
-processor, a jitted forward pass and greedy KV-cache generation, and round-trips the weights through the
-Hugging Face format, printing what it did. The CoT-SFT issue turns this into the full demo (synthetic data,
-the shipped base model, CoT-SFT, evaluation).
+1. Generates a synthetic RSVG set (aerial-looking scenes, several objects per category, positional
+   expressions) in the DIOR-RSVG format.
+2. Loads the packaged base model (a tiny Qwen2.5-VL pretrained for plain-box grounding, see
+   configs/base_pretrain.py).
+3. Scores on the test expressions whose target shares its category with another object in the image:
+   the best constant box (the box that maximizes meanIoU on the training split), the base model, and the
+   model after CoT-SFT on the training split (reasoning, then the box).
+4. Prints the table (Pr@0.5, meanIoU) and writes results, predictions and pictures to the work directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
+import os
 import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the embedded demo on the CPU",
+    p = sub.add_parser("demo", help="synthetic data -> base model -> CoT-SFT -> evaluation, on the CPU",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="seed for the image and the random weights")
-    p.add_argument("--image-size", type=int, default=224, help="side of the generated square image in pixels")
+    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and results go")
+    p.add_argument("--num-images", type=int, default=500, help="synthetic images to generate")
+    p.add_argument("--steps", type=int, default=300, help="CoT-SFT steps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-images", type=int, default=120, help="test expressions scored (same-category scenes)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--base", default="base", help="base model directory ('base': the packaged one)")
     p.set_defaults(func=run)
 
 
-def _scene(rng, size):
-    """A field-like background with a few coloured rectangles (a stand-in until the synthetic generator)."""
+def best_constant_box(records):
+    """The normalized box (among the training targets) with the highest mean IoU over `records`."""
     import numpy as np
 
-    img = np.empty((size, size, 3), np.uint8)
-    img[...] = (96, 120, 72)
-    img += rng.integers(0, 24, img.shape, dtype=np.uint8)
-    for _ in range(4):
-        x, y = rng.integers(0, size - 24, 2)
-        w, h = rng.integers(8, 24, 2)
-        img[y:y + h, x:x + w] = rng.integers(0, 256, 3)
-    return img
+    from ..eval.metrics import box_iou
+
+    norm = np.array([[r.box[0] / r.width, r.box[1] / r.height, r.box[2] / r.width, r.box[3] / r.height]
+                     for r in records])
+    best, best_score = None, -1.0
+    for cand in np.unique(np.round(norm, 3), axis=0):
+        scaled = cand[None] * np.array([[r.width, r.height, r.width, r.height] for r in records])
+        score = box_iou(scaled, np.array([r.box for r in records], np.float64))[0].mean()
+        if score > best_score:
+            best, best_score = cand, score
+    return best
+
+
+def shares_category(record) -> bool:
+    return any(o.category == record.category for o in record.others)
 
 
 def run(args) -> int:
-    import jax
+    import dataclasses
+
     import numpy as np
-    from flax import nnx
-    from PIL import Image
 
-    from ..generate import SamplingConfig, generate
-    from ..models import ImageProcessor, Qwen25VL, count_params, load_pretrained, prepare_inputs, save_pretrained
-    from ..models.qwen2_5_vl import tiny
+    from ..data import load_split
+    from ..data.chat import ChatTemplate
+    from ..data.pipeline import PipelineConfig, sft_pipeline
+    from ..data.synthetic import PRESETS, generate_dataset
+    from ..data.tokenizer import load_tokenizer
+    from ..eval.draw import grid
+    from ..eval.evaluate import evaluate
+    from ..eval.metrics import grounding_metrics
+    from ..models import load_pretrained
+    from ..train import LoopConfig, OptimConfig, make_optimizer, run_sft
+    from ..train.experiment import BASE_MODEL_DIR, read_prompt_spec
+    from .main import UserError
 
-    rng = np.random.default_rng(args.seed)
-    config = tiny()
-    model = Qwen25VL(config, rngs=nnx.Rngs(args.seed))
-    print(f"tiny Qwen2.5-VL: {count_params(config):,} parameters on {jax.devices()[0].platform}")
+    t0 = time.time()
+    base_dir = str(BASE_MODEL_DIR) if args.base == "base" else args.base
+    if not os.path.isfile(os.path.join(base_dir, "config.json")):
+        raise UserError(f"{base_dir}: base model not found (train it: rsground sft --config configs/base_pretrain.py)")
+    data = os.path.join(args.workdir, "data")
+    if not os.path.isdir(os.path.join(data, "Annotations")):
+        synth = dataclasses.replace(PRESETS["tiny"], image_size=(112, 168), num_categories=(1, 2),
+                                    instances_per_category=(2, 3))
+        summary = generate_dataset(data, args.num_images, seed=args.seed, config=synth)
+        print(f"[{time.time() - t0:5.0f}s] generated {summary.num_images if hasattr(summary, 'num_images') else args.num_images} "
+              f"synthetic scenes in {data}")
+    train, test = load_split(data, "train"), load_split(data, "test")
+    test = [r for r in test if shares_category(r)][: args.eval_images]
+    print(f"[{time.time() - t0:5.0f}s] {len(train)} training expressions; {len(test)} test expressions whose target "
+          f"shares its category with another object")
 
-    image = Image.fromarray(_scene(rng, args.image_size))
-    pix = ImageProcessor()([image])
-    n_img = int(pix["image_grid_thw"].prod() // 4)
-    prompt = [config.bos_token_id, config.vision_start_token_id] + [config.image_token_id] * n_img + \
-             [config.vision_end_token_id] + list(rng.integers(0, 500, 12))
-    batch = prepare_inputs(config, np.array([prompt]), None, pix["image_grid_thw"])
-    batch["pixel_values"] = pix["pixel_values"]
-    print(f"image {args.image_size}x{args.image_size} -> grid {pix['image_grid_thw'][0].tolist()}, "
-          f"{n_img} image tokens, prompt of {len(prompt)} tokens")
+    tok = load_tokenizer(base_dir)
+    base_template, proc, _ = read_prompt_spec(base_dir)
+    cot_template = ChatTemplate()
+    results = {}
 
-    forward = jax.jit(lambda ids, mask, pos, px, vis: model.forward(ids, mask, pos, px, vis)[0])
-    t0 = time.perf_counter()
-    logits = forward(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["pixel_values"],
-                     batch["vision"]).block_until_ready()
-    print(f"jitted forward: logits {tuple(logits.shape)} in {time.perf_counter() - t0:.2f}s (incl. compile)")
+    const = best_constant_box(train)
+    preds = [const * np.array([r.width, r.height, r.width, r.height]) for r in test]
+    results["best constant box"] = grounding_metrics(preds, [r.box for r in test])
 
-    t0 = time.perf_counter()
-    tokens, _ = generate(model, batch, SamplingConfig(max_new_tokens=16))
-    print(f"greedy decode (KV cache, while_loop): {tokens[0].tolist()} in {time.perf_counter() - t0:.2f}s")
+    model = load_pretrained(base_dir)
+    ev = evaluate(model, test, tok, proc, template=base_template, batch_size=32, max_new_tokens=24)
+    results["base model"] = ev.metrics
+    print(f"[{time.time() - t0:5.0f}s] base model: Pr@0.5 {100 * ev.metrics['Pr@0.5']:.1f}, "
+          f"meanIoU {100 * ev.metrics['meanIoU']:.1f}")
 
-    with tempfile.TemporaryDirectory() as d:
-        save_pretrained(model, d)
-        again = load_pretrained(d)
-        same = np.array_equal(np.asarray(again(batch["input_ids"], None, pix["pixel_values"], pix["image_grid_thw"])),
-                              np.asarray(model(batch["input_ids"], None, pix["pixel_values"], pix["image_grid_thw"])))
-        print(f"Hugging Face export and reload: logits identical = {same}")
-    return 0 if same else 1
+    pl = sft_pipeline(train, tok, proc, PipelineConfig(batch_size=args.batch_size, length_buckets=(256, 320, 384),
+                                                       seed=args.seed, on_overflow="skip", answer_style="cot"),
+                      template=cot_template)
+    tx = make_optimizer(OptimConfig(lr=args.lr, warmup_steps=min(20, args.steps // 10), total_steps=args.steps))
+    res = run_sft(model, pl, tx, LoopConfig(total_steps=args.steps, log_every=25, checkpoint_every=max(args.steps, 1)),
+                  os.path.join(args.workdir, "cot_sft"), resume=True)
+    print(f"[{time.time() - t0:5.0f}s] CoT-SFT: {args.steps} steps, final loss {res.history[-1]['loss']:.3f}")
+    ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=320,
+                      length_buckets=(256, 320, 384))
+    results["after CoT-SFT"] = ev_cot.metrics
+
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "demo_results.json"), "w") as f:
+        json.dump({"results": results, "constant_box_normalized": const.tolist(), "seconds": time.time() - t0}, f,
+                  indent=2)
+    with open(os.path.join(args.workdir, "cot_predictions.jsonl"), "w") as f:
+        for row in ev_cot.predictions:
+            f.write(json.dumps(row) + "\n")
+    grid(ev_cot.predictions[:16], os.path.join(args.workdir, "cot_predictions.png"))
+    print(f"\nTest expressions whose target shares its category with another object (n={len(test)}):")
+    print(f"{'':22s} {'Pr@0.5':>8s} {'meanIoU':>8s}")
+    for name, m in results.items():
+        print(f"{name:22s} {100 * m['Pr@0.5']:8.1f} {100 * m['meanIoU']:8.1f}")
+    example = next((r for r in ev_cot.predictions if r["pred_box"] is not None), ev_cot.predictions[0])
+    print(f"\nexample: \"{example['expression']}\"\n{example['text']}")
+    print(f"\n[{time.time() - t0:5.0f}s] wrote {args.workdir}/demo_results.json, cot_predictions.jsonl, cot_predictions.png")
+    return 0

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ("demo", "convert", "data")
+SUBCOMMANDS = ("demo", "sft", "eval", "predict", "convert", "data")
 
 
 class UserError(Exception):
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--config.key=value` overrides (ml_collections style) become positional key=value overrides
+    argv = [a[len("--config."):] if a.startswith("--config.") else a for a in argv]
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -47,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input; imported lazily so `--help` stays fast."""
     from ..data.records import DataError
+    from ..configs import ConfigError as ExperimentConfigError
     from ..models.qwen2_5_vl import CheckpointError, ConfigError, ImageTokenMismatchError
 
-    return (UserError, FileNotFoundError, DataError, CheckpointError, ConfigError, ImageTokenMismatchError)
+    return (UserError, FileNotFoundError, DataError, CheckpointError, ConfigError, ImageTokenMismatchError,
+            ExperimentConfigError)
 
 
 if __name__ == "__main__":

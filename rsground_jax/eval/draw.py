@@ -1,0 +1,35 @@
+"""Pictures of predictions: ground truth in green, prediction in red, on the original image."""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image, ImageDraw
+
+GT_COLOR, PRED_COLOR = (40, 220, 60), (235, 40, 40)
+
+
+def draw_boxes(image: Image.Image, gt=None, pred=None, width: int = 2) -> Image.Image:
+    out = image.convert("RGB").copy()
+    d = ImageDraw.Draw(out)
+    for box, color in ((gt, GT_COLOR), (pred, PRED_COLOR)):
+        if box is not None:
+            d.rectangle([float(v) for v in box], outline=color, width=width)
+    return out
+
+
+def grid(rows: list[dict], path: str, cell: int = 224, columns: int = 4) -> None:
+    """A PNG grid of `rows` (dicts with image, gt_box, pred_box, iou), each drawn and scaled to `cell` px."""
+    n = len(rows)
+    if n == 0:
+        return
+    cols = min(columns, n)
+    canvas = Image.new("RGB", (cols * cell, math.ceil(n / cols) * (cell + 14)), (255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    for i, r in enumerate(rows):
+        img = draw_boxes(Image.open(r["image"]), r.get("gt_box"), r.get("pred_box"))
+        img.thumbnail((cell, cell))
+        x, y = (i % cols) * cell, (i // cols) * (cell + 14)
+        canvas.paste(img, (x, y))
+        d.text((x + 2, y + cell), f"IoU {r.get('iou', 0):.2f}", fill=(0, 0, 0))
+    canvas.save(path)

@@ -1,0 +1,163 @@
+"""An SFT experiment from a config: model, tokenizer, data per stage, the loop, validation, export.
+
+Config fields (see `configs/`):
+  seed, workdir, output (HF directory written at the end, or "" for none)
+  init: "tiny" (random tiny preset sized to the tokenizer), "base" (the packaged base model), or an HF path
+  tokenizer: "small" (packaged), "qwen2.5", or a tokenizer directory
+  max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
+  eval_images: validation records scored after each stage (0 to skip)
+  stages: list of {name, steps, batch_size, lr, warmup_steps, freeze_vision, accum_steps and either
+          synth (a synthetic preset + SynthConfig overrides) with num_images, or data_root (+ data_format)}
+Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from flax import nnx
+
+from ..data import load_split
+from ..data.chat import ChatTemplate
+from ..data.pipeline import PipelineConfig, sft_pipeline
+from ..data.synthetic import PRESETS, generate_dataset
+from ..data.tokenizer import SMALL_TOKENIZER_DIR, load_small_tokenizer, load_tokenizer, special_token_ids
+from ..eval.evaluate import evaluate
+from ..models import ImageProcessor, Qwen25VL, load_pretrained, save_pretrained
+from ..models.qwen2_5_vl import tiny
+from .loop import LoopConfig, run_sft
+from .optim import OptimConfig, make_optimizer
+
+log = logging.getLogger(__name__)
+BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base_model"
+
+
+def tokenizer_from(name: str):
+    return load_small_tokenizer() if name == "small" else load_tokenizer(name)
+
+
+def tiny_for(tokenizer) -> "Qwen25VLConfig":  # noqa: F821
+    """The tiny preset with the tokenizer's vocabulary and special ids."""
+    sp = special_token_ids(tokenizer)
+    return tiny(vocab_size=sp.vocab_size, image_token_id=sp.image_pad, vision_start_token_id=sp.vision_start,
+                vision_end_token_id=sp.vision_end, eos_token_id=sp.im_end, bos_token_id=sp.pad,
+                video_token_id=sp.video_pad, pad_token_id=sp.pad)
+
+
+def init_model(init: str, tokenizer, seed: int) -> Qwen25VL:
+    if init == "tiny":
+        return Qwen25VL(tiny_for(tokenizer), rngs=nnx.Rngs(seed))
+    path = BASE_MODEL_DIR if init == "base" else Path(init)
+    if init == "base" and not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: the packaged base model is missing (train it with "
+                                f"`python tools/train_base.py --config configs/base_pretrain.py`)")
+    model = load_pretrained(path)
+    vocab = special_token_ids(tokenizer).vocab_size
+    if model.config.text.vocab_size < vocab:
+        raise ValueError(f"{path}: model vocabulary ({model.config.text.vocab_size}) is smaller than the "
+                         f"tokenizer's ({vocab})")
+    return model
+
+
+def template_from(cfg) -> ChatTemplate:
+    return ChatTemplate(system=cfg.template_system or None, question=cfg.template_question)
+
+
+PROMPT_SPEC = "rsground_prompt.json"
+
+
+def write_prompt_spec(path, template: ChatTemplate, max_pixels: int, answer_style: str) -> None:
+    """Record how the model was prompted (template, pixel budget, answer style) beside its weights."""
+    with open(os.path.join(path, PROMPT_SPEC), "w") as f:
+        json.dump({"system": template.system, "question": template.question, "max_pixels": max_pixels,
+                   "answer_style": answer_style}, f, indent=2)
+
+
+def read_prompt_spec(path) -> tuple[ChatTemplate, ImageProcessor, str]:
+    """(template, processor, answer style) a model directory was trained with; defaults if absent."""
+    spec_path = os.path.join(path, PROMPT_SPEC)
+    if not os.path.isfile(spec_path):
+        return ChatTemplate(), ImageProcessor(), "cot"
+    with open(spec_path) as f:
+        spec = json.load(f)
+    return (ChatTemplate(system=spec["system"], question=spec["question"]),
+            ImageProcessor(max_pixels=spec["max_pixels"]), spec["answer_style"])
+
+
+def synth_config(spec: dict):
+    spec = dict(spec)
+    base = PRESETS[spec.pop("preset")]
+    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def stage_data(cfg, stage, index: int):
+    """(train records, val records) of a stage: a generated synthetic set or a dataset on disk."""
+    if "synth" in stage and stage.synth is not None:
+        root = os.path.join(cfg.workdir, f"data_{stage.name}")
+        if not os.path.isdir(os.path.join(root, "Annotations")):
+            generate_dataset(root, stage.num_images, seed=cfg.seed + index, config=synth_config(stage.synth.to_dict()))
+        fmt = "dior_rsvg"
+    else:
+        root, fmt = stage.data_root, stage.get("data_format", "auto")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: dataset folder does not exist (stage {stage.name})")
+    return load_split(root, "train", format=fmt), load_split(root, "val", format=fmt)
+
+
+def run_experiment(cfg, *, progress: bool = True) -> dict:
+    """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`)."""
+    tok = tokenizer_from(cfg.tokenizer)
+    model = init_model(cfg.init, tok, cfg.seed)
+    proc = ImageProcessor(max_pixels=cfg.max_pixels)
+    template = template_from(cfg)
+    t0 = time.time()
+    report = {"config": _plain(cfg), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
+    for i, st in enumerate(cfg.stages):
+        train, val = stage_data(cfg, st, i)
+        pl = sft_pipeline(train, tok, proc, PipelineConfig(
+            batch_size=st.batch_size, length_buckets=(cfg.length_bucket,), seed=cfg.seed + i,
+            answer_style=cfg.answer_style), template=template)
+        opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
+                          freeze_vision=bool(st.get("freeze_vision", False)))
+        ts = time.time()
+        res = run_sft(model, pl, make_optimizer(opt),
+                      LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), log_every=50,
+                                 checkpoint_every=250, progress=progress),
+                      os.path.join(cfg.workdir, st.name), resume=True)
+        row = {"stage": st.name, "steps": st.steps, "seconds": round(time.time() - ts, 1),
+               "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}
+        if cfg.eval_images and not res.preempted:
+            ev = evaluate(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
+                          max_new_tokens=cfg.get("max_new_tokens", 24), length_buckets=(cfg.length_bucket,))
+            row["val"] = ev.metrics
+        report["stages"].append(row)
+        log.info("stage %s: %s", st.name, json.dumps(row))
+        print(json.dumps(row), flush=True)
+        if res.preempted:
+            report["preempted"] = True
+            return report
+    report["wall_seconds"] = round(time.time() - t0, 1)
+    os.makedirs(cfg.workdir, exist_ok=True)
+    with open(os.path.join(cfg.workdir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    if cfg.output:
+        save_pretrained(model, cfg.output)
+        if cfg.tokenizer == "small":
+            for f in os.listdir(SMALL_TOKENIZER_DIR):
+                shutil.copy(os.path.join(SMALL_TOKENIZER_DIR, f), cfg.output)
+        with open(os.path.join(cfg.output, "RECIPE.json"), "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        write_prompt_spec(cfg.output, template, cfg.max_pixels, cfg.answer_style)
+    report["model"] = model
+    return report
+
+
+def _plain(cfg):
+    return json.loads(json.dumps(cfg.to_dict(), default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
