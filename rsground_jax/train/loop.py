@@ -30,6 +30,10 @@ from .step import TrainState, add_vision_inputs, make_sft_step, stack_micro_batc
 log = logging.getLogger(__name__)
 
 
+class CheckpointMismatchError(ValueError):
+    """A training checkpoint that does not match the model/optimizer being resumed."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
@@ -124,8 +128,14 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
     if resume and mngr.latest_step() is not None:
         resumed_from = mngr.latest_step()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = mngr.restore(resumed_from, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        try:
+            restored = mngr.restore(resumed_from, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError) as e:
+            mngr.close()
+            raise CheckpointMismatchError(
+                f"{workdir}: checkpoint {resumed_from} does not fit this model and optimizer (was it written for "
+                f"another model shape or optimizer?): {str(e).splitlines()[0][:300]}") from None
         state = restored["state"]
         pipeline.load_state_dict(iterator, restored["data"], source=f"checkpoint {resumed_from}")
         log.info("resumed from step %d", resumed_from)

@@ -93,3 +93,16 @@ def test_too_many_nonfinite_steps_stop_with_a_clear_message(setup, tmp_path):
     pl = _NaNPipeline(sft_pipeline(records, tok, PROC, PipelineConfig(batch_size=4, answer_style="box")))
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
         _run(setup, tmp_path, 10, pipeline=pl, max_skips=2)
+
+
+def test_resuming_a_checkpoint_of_another_model_shape_is_a_clear_error(setup, tmp_path):
+    from rsground_jax.train.loop import CheckpointMismatchError
+
+    _run(setup, tmp_path, 2)
+    records, tok, cfg = setup
+    other = cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "intermediate_size": 256}))
+    pl = sft_pipeline(records, tok, PROC, PipelineConfig(batch_size=4, seed=1, answer_style="box"))
+    tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=8))
+    with pytest.raises(CheckpointMismatchError, match="does not fit this model"):
+        run_sft(Qwen25VL(other, rngs=nnx.Rngs(0)), pl, tx, LoopConfig(total_steps=4, progress=False), str(tmp_path),
+                resume=True)
