@@ -3,7 +3,8 @@
 Config fields (see `configs/`):
   seed, workdir, output (HF directory written at the end, or "" for none)
   init: "tiny" (random tiny preset sized to the tokenizer), "base" (the packaged base model), or an HF path
-  tokenizer: "small" (packaged), "qwen2.5", or a tokenizer directory
+  compute_dtype ("float32" | "bfloat16", parameters stay float32), remat ("none" | "full" | "dots")
+  tokenizer: "small" (packaged), "qwen2.5", a tokenizer directory, or "" for the `init` checkpoint's own
   max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
   eval_images: validation records scored after each stage (0 to skip)
   stages: list of {name, steps, batch_size, lr, warmup_steps, freeze_vision, accum_steps and either
@@ -22,6 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 from flax import nnx
 
 from ..data import load_split
@@ -51,14 +53,20 @@ def tiny_for(tokenizer) -> "Qwen25VLConfig":  # noqa: F821
                 video_token_id=sp.video_pad, pad_token_id=sp.pad)
 
 
-def init_model(init: str, tokenizer, seed: int) -> Qwen25VL:
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def init_model(init: str, tokenizer, seed: int, compute_dtype: str = "float32", remat: str = "none") -> Qwen25VL:
+    """float32 master weights; activations in `compute_dtype`."""
+    if compute_dtype not in DTYPES:
+        raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {compute_dtype!r}")
     if init == "tiny":
-        return Qwen25VL(tiny_for(tokenizer), rngs=nnx.Rngs(seed))
+        return Qwen25VL(tiny_for(tokenizer), rngs=nnx.Rngs(seed), dtype=DTYPES[compute_dtype], remat=remat)
     path = BASE_MODEL_DIR if init == "base" else Path(init)
     if init == "base" and not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: the packaged base model is missing (train it with "
                                 f"`python tools/train_base.py --config configs/base_pretrain.py`)")
-    model = load_pretrained(path)
+    model = load_pretrained(path, jnp.float32, compute_dtype=DTYPES[compute_dtype], remat=remat)
     vocab = special_token_ids(tokenizer).vocab_size
     if model.config.text.vocab_size < vocab:
         raise ValueError(f"{path}: model vocabulary ({model.config.text.vocab_size}) is smaller than the "
@@ -113,8 +121,8 @@ def stage_data(cfg, stage, index: int):
 
 def run_experiment(cfg, *, progress: bool = True) -> dict:
     """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`)."""
-    tok = tokenizer_from(cfg.tokenizer)
-    model = init_model(cfg.init, tok, cfg.seed)
+    tok = tokenizer_from(cfg.tokenizer or cfg.init)
+    model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"))
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
     t0 = time.time()

@@ -1,0 +1,39 @@
+"""CoT-SFT of the packaged base model on synthetic crowded scenes: what `rsground demo` trains, as a config.
+
+    rsground sft --config configs/demo_cot_sft.py
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 1234
+    c.init = "base"  # the packaged base model (configs/base_pretrain.py)
+    c.tokenizer = "small"
+    c.compute_dtype = "float32"
+    c.remat = "none"
+    c.workdir = "runs/demo_cot_sft"
+    c.output = "runs/demo_cot_sft/model"
+    c.max_pixels = 112 * 112  # the base model's pixel budget
+    c.template_system = "You are a helpful assistant."
+    c.template_question = ("Locate \"{expression}\" in the image. First think about where it is inside <think> "
+                           "</think>, then give its bounding box [x1, y1, x2, y2] in pixels inside <answer> </answer>.")
+    c.answer_style = "cot"
+    c.length_bucket = 384
+    c.eval_images = 120
+    c.max_new_tokens = 320
+
+    s = ml_collections.ConfigDict()
+    s.name = "cot_sft"
+    s.synth = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 168), num_categories=(1, 2),
+                                             instances_per_category=(2, 3)))
+    s.num_images = 500
+    s.steps = 300
+    s.batch_size = 16
+    s.lr = 1e-3
+    s.warmup_steps = 20
+    s.freeze_vision = False
+    s.accum_steps = 1
+    c.stages = [s]
+    return c
