@@ -1,43 +1,21 @@
-"""CoT-SFT of Qwen2.5-VL-7B-Instruct on DIOR-RSVG (reasoning then box, resized-pixel coordinates).
+"""CoT-SFT of Qwen2.5-VL-7B-Instruct on DIOR-RSVG: the 3B recipe with the 7B checkpoint and a lower lr.
 
     rsground sft --config configs/qwen2_5_vl_7b_dior_rsvg.py init=/path/to/Qwen2.5-VL-7B-Instruct
-
-The data folder is the DIOR-RSVG release (Annotations/, JPEGImages/, train.txt, val.txt, test.txt); its
-CoT targets are synthesized from the annotations (rsground_jax.data.cot). Weights load from a local Hugging
-Face directory (no download at run time); the tokenizer is the checkpoint's own.
 """
 
-import ml_collections
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "qwen2_5_vl_3b_dior_rsvg", os.path.join(os.path.dirname(os.path.abspath(__file__)), "qwen2_5_vl_3b_dior_rsvg.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.init = "checkpoints/Qwen2.5-VL-7B-Instruct"  # local HF directory
-    c.tokenizer = ""  # empty: the tokenizer files of the `init` checkpoint
-    c.compute_dtype = "bfloat16"  # float32 master weights, bfloat16 activations
-    c.remat = "full"
+    c = _base.get_config()
+    c.init = "checkpoints/Qwen2.5-VL-7B-Instruct"
     c.workdir = "runs/qwen2_5_vl_7b_dior_rsvg"
     c.output = "runs/qwen2_5_vl_7b_dior_rsvg/model"
-    c.max_pixels = 1003520  # transformers' default budget (800x800 -> 812x812, 841 image tokens)
-    c.template_system = "You are a helpful assistant."
-    c.template_question = ("Locate \"{expression}\" in the image. First think about where it is inside <think> "
-                           "</think>, then give its bounding box [x1, y1, x2, y2] in pixels inside <answer> </answer>.")
-    c.answer_style = "cot"
-    c.length_bucket = 1280
-    c.eval_images = 500
-    c.max_new_tokens = 384
-
-    s = ml_collections.ConfigDict()
-    s.name = "cot_sft"
-    s.synth = None
-    s.data_root = "data/DIOR-RSVG"
-    s.data_format = "dior_rsvg"
-    s.steps = 2000
-    s.batch_size = 16
-    s.accum_steps = 4
-    s.lr = 5e-6
-    s.warmup_steps = 100
-    s.freeze_vision = True
-    c.stages = [s]
+    c.stages[0].lr = 5e-6
     return c
