@@ -108,7 +108,8 @@ def run(args) -> int:
     tx = make_optimizer(OptimConfig(lr=args.lr, warmup_steps=min(20, args.steps // 10), total_steps=args.steps))
     res = run_sft(model, pl, tx, LoopConfig(total_steps=args.steps, log_every=25, checkpoint_every=max(args.steps, 1)),
                   os.path.join(args.workdir, "cot_sft"), resume=True)
-    print(f"[{time.time() - t0:5.0f}s] CoT-SFT: {args.steps} steps, final loss {res.history[-1]['loss']:.3f}")
+    last = f", final loss {res.history[-1]['loss']:.3f}" if res.history else " (already done: resumed at the end)"
+    print(f"[{time.time() - t0:5.0f}s] CoT-SFT: {args.steps} steps{last}")
     ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=320,
                       length_buckets=(256, 320, 384))
     results["after CoT-SFT"] = ev_cot.metrics

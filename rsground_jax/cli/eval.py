@@ -59,7 +59,8 @@ def run(args) -> int:
     by_cat = {}
     for cat in sorted({r["category"] for r in result.predictions if r["category"]}):
         rows = [r for r in result.predictions if r["category"] == cat]
-        by_cat[cat] = grounding_metrics([r["pred_box"] for r in rows], [r["gt_box"] for r in rows])
+        by_cat[cat] = grounding_metrics([r["pred_box"] for r in rows], [r["gt_box"] for r in rows],
+                                        [r["image_hw"] for r in rows])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump({"overall": result.metrics, "per_category": by_cat}, f, indent=2)

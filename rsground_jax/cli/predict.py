@@ -53,6 +53,7 @@ def run(args) -> int:
     box = box_frames.clip_to_image(row["pred_box"], height, width)
     print("box (original pixels): [" + ", ".join(f"{v:.1f}" for v in box) + "]")
     out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
-    draw_boxes(Image.open(args.image), pred=box).save(out)
+    with Image.open(args.image) as src:
+        draw_boxes(src, pred=box).save(out)
     print(f"wrote {out}")
     return 0

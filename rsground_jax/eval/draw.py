@@ -14,7 +14,8 @@ def draw_boxes(image: Image.Image, gt=None, pred=None, width: int = 2) -> Image.
     d = ImageDraw.Draw(out)
     for box, color in ((gt, GT_COLOR), (pred, PRED_COLOR)):
         if box is not None:
-            d.rectangle([float(v) for v in box], outline=color, width=width)
+            x1, y1, x2, y2 = (float(v) for v in box)  # a predicted box may come inverted
+            d.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=color, width=width)
     return out
 
 
@@ -27,7 +28,8 @@ def grid(rows: list[dict], path: str, cell: int = 224, columns: int = 4) -> None
     canvas = Image.new("RGB", (cols * cell, math.ceil(n / cols) * (cell + 14)), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     for i, r in enumerate(rows):
-        img = draw_boxes(Image.open(r["image"]), r.get("gt_box"), r.get("pred_box"))
+        with Image.open(r["image"]) as src:
+            img = draw_boxes(src, r.get("gt_box"), r.get("pred_box"))
         img.thumbnail((cell, cell))
         x, y = (i % cols) * cell, (i // cols) * (cell + 14)
         canvas.paste(img, (x, y))

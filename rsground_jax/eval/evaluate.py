@@ -65,7 +65,8 @@ def evaluate(model, records, tokenizer, processor, *, template: ChatTemplate = C
             gts.append(r.box)
             hws.append((r.height, r.width))
             rows.append({"image": str(r.image_path), "expression": r.expression, "category": r.category,
-                         "text": text, "pred_box_resized": resized, "pred_box": original, "gt_box": list(r.box)})
+                         "text": text, "pred_box_resized": resized, "pred_box": original, "gt_box": list(r.box),
+                         "image_hw": [r.height, r.width]})
     metrics = grounding_metrics(preds, np.asarray(gts), np.asarray(hws))
     pred_arr = np.array([[np.nan] * 4 if p is None else p for p in preds], np.float64)
     iou, _, _ = box_iou(clip_boxes(pred_arr, np.asarray(hws)), np.asarray(gts, np.float64))

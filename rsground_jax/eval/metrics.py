@@ -19,7 +19,11 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 def _as_boxes(boxes, what: str) -> np.ndarray:
     rows = [[np.nan] * 4 if b is None else list(b) for b in boxes] if not isinstance(boxes, np.ndarray) else boxes
-    arr = np.asarray(rows, np.float64).reshape(-1, 4) if len(rows) else np.zeros((0, 4))
+    if len(rows) == 0:
+        return np.zeros((0, 4))
+    arr = np.asarray(rows, np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{what} must be boxes (x1, y1, x2, y2), got an array of shape {arr.shape}")
     return arr
 
 

@@ -28,6 +28,13 @@ class SamplingConfig:
     pad_id: int = 0
     cache_dtype: str | None = None  # defaults to the model's compute dtype
 
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling settings: temperature={self.temperature}, top_k={self.top_k}, "
+                             f"top_p={self.top_p}")
+
 
 def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """Temperature, top-k and top-p (nucleus) filtering of [b, vocab] float32 logits."""
@@ -37,9 +44,9 @@ def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if cfg.top_p < 1.0:
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < cfg.top_p
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < cfg.top_p
         threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
     return logits

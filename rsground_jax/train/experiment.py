@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from ..data import load_split
 from ..data.chat import ChatTemplate
 from ..data.pipeline import PipelineConfig, sft_pipeline
 from ..data.synthetic import PRESETS, generate_dataset
-from ..data.tokenizer import SMALL_TOKENIZER_DIR, load_small_tokenizer, load_tokenizer, special_token_ids
+from ..data.tokenizer import load_small_tokenizer, load_tokenizer, special_token_ids
 from ..eval.evaluate import evaluate
 from ..models import ImageProcessor, Qwen25VL, load_pretrained, save_pretrained
 from ..models.qwen2_5_vl import tiny
@@ -43,6 +42,14 @@ BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base_model
 
 def tokenizer_from(name: str):
     return load_small_tokenizer() if name == "small" else load_tokenizer(name)
+
+
+def _tokenizer_of_init(init: str) -> str:
+    if init == "base":
+        return str(BASE_MODEL_DIR)
+    if init == "tiny":
+        raise ValueError("init='tiny' has no tokenizer of its own: set tokenizer (e.g. 'small')")
+    return init
 
 
 def tiny_for(tokenizer) -> "Qwen25VLConfig":  # noqa: F821
@@ -121,7 +128,7 @@ def stage_data(cfg, stage, index: int):
 
 def run_experiment(cfg, *, progress: bool = True) -> dict:
     """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`)."""
-    tok = tokenizer_from(cfg.tokenizer or cfg.init)
+    tok = tokenizer_from(cfg.tokenizer or _tokenizer_of_init(cfg.init))
     model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"))
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
@@ -138,7 +145,7 @@ def run_experiment(cfg, *, progress: bool = True) -> dict:
         res = run_sft(model, pl, make_optimizer(opt),
                       LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), log_every=50,
                                  checkpoint_every=250, progress=progress),
-                      os.path.join(cfg.workdir, st.name), resume=True)
+                      os.path.join(cfg.workdir, st.name), resume=True, freeze_vision=opt.freeze_vision)
         row = {"stage": st.name, "steps": st.steps, "seconds": round(time.time() - ts, 1),
                "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}
         if cfg.eval_images and not res.preempted:
@@ -157,9 +164,7 @@ def run_experiment(cfg, *, progress: bool = True) -> dict:
         json.dump(report, f, indent=2, default=str)
     if cfg.output:
         save_pretrained(model, cfg.output)
-        if cfg.tokenizer == "small":
-            for f in os.listdir(SMALL_TOKENIZER_DIR):
-                shutil.copy(os.path.join(SMALL_TOKENIZER_DIR, f), cfg.output)
+        tok.save_pretrained(cfg.output)  # the export is a complete model directory
         with open(os.path.join(cfg.output, "RECIPE.json"), "w") as f:
             json.dump(report, f, indent=2, default=str)
         write_prompt_spec(cfg.output, template, cfg.max_pixels, cfg.answer_style)

@@ -117,12 +117,22 @@ def checkpoint_manager(workdir: str, cfg: LoopConfig) -> ocp.CheckpointManager:
 
 def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, workdir: str, *,
             resume: bool = False, schedule: Callable[[int], float] | None = None,
-            on_log: Callable[[dict], None] | None = None) -> LoopResult:
-    """Train `model` (NNX, updated in place at the end) on `pipeline` batches for `cfg.total_steps` steps."""
+            on_log: Callable[[dict], None] | None = None, freeze_vision: bool = False) -> LoopResult:
+    """Train `model` (NNX, updated in place at the end, also when the run stops on an error) on `pipeline`
+    batches for `cfg.total_steps` steps."""
     graphdef, params = nnx.split(model, nnx.Param)
     state = TrainState.create(params, tx)
-    step_fn = make_sft_step(graphdef, tx)
+    step_fn = make_sft_step(graphdef, tx, freeze_vision=freeze_vision)
     mngr = checkpoint_manager(workdir, cfg)
+    try:
+        state, iterator, resumed_from = _restore(mngr, state, pipeline, resume, workdir)
+    except BaseException:
+        mngr.close()
+        raise
+    return _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedule, on_log, resumed_from)
+
+
+def _restore(mngr, state, pipeline, resume, workdir):
     iterator = iter(pipeline)
     resumed_from = None
     if resume and mngr.latest_step() is not None:
@@ -132,7 +142,6 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
             restored = mngr.restore(resumed_from, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
-            mngr.close()
             raise CheckpointMismatchError(
                 f"{workdir}: checkpoint {resumed_from} does not fit this model and optimizer (was it written for "
                 f"another model shape or optimizer?): {str(e).splitlines()[0][:300]}") from None
@@ -141,23 +150,27 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
         log.info("resumed from step %d", resumed_from)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", workdir)
+    return state, iterator, resumed_from
 
+
+def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedule, on_log, resumed_from):
     vcfg = model.config.vision
     grids = pipeline.plan.grid_thw
     B = pipeline.config.batch_size
-    writer = MetricsWriter(workdir)
     history: list[dict] = []
-    start = int(state.step)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.total_steps, initial=start, desc="sft", unit="step", dynamic_ncols=True)
+    step = int(state.step)  # counted on the host from here on: no device sync per step
+    writer = bar = None
     preempted = False
     t_last, samples_since = time.perf_counter(), 0
+    previous = None  # last step's metrics, read one step late so the host never waits for the device
     try:
+        writer = MetricsWriter(workdir)
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
         with _Preemption() as preempt:
-            for _ in range(start, cfg.total_steps):
+            for _ in range(step, cfg.total_steps):
                 micro = []
                 for _ in range(cfg.accum_steps):
                     batch = next(iterator)
@@ -165,7 +178,9 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
                     micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
                     samples_since += int(batch["sample_valid"].sum())
                 state, metrics = step_fn(state, stack_micro_batches(micro))
-                step = int(state.step)
+                step += 1
+                _check_skips(previous, cfg)
+                previous = metrics
                 if step % cfg.log_every == 0 or step == cfg.total_steps:
                     row = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
@@ -182,24 +197,30 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
                         bar.set_postfix(loss=f"{row['loss']:.4f}", rate=f"{row['samples_per_s']:.1f}/s")
                 if bar is not None:
                     bar.update(1)
-                if int(state.skipped_in_row) > cfg.max_skips_in_row:
-                    raise NonFiniteLossError(
-                        f"{int(state.skipped_in_row)} consecutive steps had a non-finite loss or gradient (last at "
-                        f"step {step}); the state holds the last finite update. Lower the learning rate or check "
-                        f"the data; the run can be resumed from the last checkpoint.")
                 mngr.save(step, args=_ckpt_args(state, pipeline, iterator),
                           force=preempt.requested or step == cfg.total_steps)
                 if preempt.requested:
                     preempted = True
                     break
+            _check_skips(previous, cfg)
     finally:
         mngr.wait_until_finished()
         mngr.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         if bar is not None:
             bar.close()
-    nnx.update(model, state.params)
+        if not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state.params)):
+            nnx.update(model, state.params)
     return LoopResult(state=state, history=history, preempted=preempted, resumed_from=resumed_from)
+
+
+def _check_skips(metrics, cfg: LoopConfig) -> None:
+    if metrics is not None and int(metrics["skipped_in_row"]) > cfg.max_skips_in_row:
+        raise NonFiniteLossError(
+            f"{int(metrics['skipped_in_row'])} consecutive steps had a non-finite loss or gradient; the state holds "
+            f"the last finite update. Lower the learning rate or check the data; the run can be resumed from the "
+            f"last checkpoint.")
 
 
 def _ckpt_args(state: TrainState, pipeline, iterator) -> Any:

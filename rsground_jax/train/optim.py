@@ -30,10 +30,16 @@ def schedule(cfg: OptimConfig) -> optax.Schedule:
         end_value=cfg.lr * cfg.end_lr_fraction)
 
 
+def _param_name(path) -> str:
+    """The attribute name of a parameter from its tree path (the last dict key; `nnx.State` paths end in
+    the Variable's `value` attribute)."""
+    return next((str(p.key) for p in reversed(path) if isinstance(p, jax.tree_util.DictKey)), "")
+
+
 def _decay_mask(params):
-    """Decay weight matrices; not norms, biases, or other vectors (per layer: ndim after the layer axis)."""
+    """Decay weight matrices only: never norm scales or biases (their names say so, stacked or not)."""
     def leaf(path, x):
-        name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
+        name = _param_name(path)
         return not ("norm" in name or "bias" in name) and x.ndim >= 2
     return jax.tree_util.tree_map_with_path(leaf, params)
 

@@ -64,15 +64,19 @@ def static_vision_sizes(grids: np.ndarray, vcfg: VisionConfig, batch_size: int, 
     return int(windows.max()) * batch_size + -(-num_patches // slots) + 1, frame_slots
 
 
-def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sft_ce"):
+def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sft_ce", freeze_vision: bool = False):
     """Build the jitted SFT step `step(state, batch) -> (state, metrics)`.
 
     `batch` leaves have a leading micro-batch axis [accum, ...] (accum may be 1); the loss is the token-mean
     over all micro-batches. Metrics are device scalars (fetch them only when logging).
+    `freeze_vision` stops gradients at the vision tower, so its backward pass is not computed at all (pair it
+    with `OptimConfig(freeze_vision=True)`, which keeps its parameters fixed).
     """
     loss_fn = LOSSES[loss]
 
     def micro_loss(params, mb):
+        if freeze_vision:
+            params = {**params, "vision": jax.lax.stop_gradient(params["vision"])}
         model = nnx.merge(graphdef, params)
         logits, _ = model.forward(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["pixel_values"],
                                   mb["vision"])

@@ -93,7 +93,7 @@ def test_loss_decreases_and_nonfinite_step_is_skipped(rng):
 
 def test_frozen_vision_tower_does_not_move(rng):
     graphdef, tx, state = _setup(rng, freeze_vision=True)
-    step = make_sft_step(graphdef, tx)
+    step = make_sft_step(graphdef, tx, freeze_vision=True)
     vision0 = jax.tree.map(np.asarray, state.params["vision"])
     text0 = np.asarray(state.params["text"]["q_ldnh"])
     state, _ = step(state, stack_micro_batches([_batch(rng)]))
@@ -122,3 +122,16 @@ def test_gradient_accumulation_equals_token_mean_over_micro_batches(rng):
     longer = dict(b, input_ids=np.pad(b["input_ids"], [(0, 0), (0, 1)]))
     with pytest.raises(ValueError, match="differ in shape"):
         stack_micro_batches([a, longer])
+
+
+def test_weight_decay_applies_to_matrices_only(rng):
+    from rsground_jax.train.optim import _decay_mask
+
+    _, _, state = _setup(rng)
+    mask = _decay_mask(state.params)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    decayed = {k for k, v in flat.items() if v}
+    assert any("q_ldnh" in k for k in decayed) and any("patch_embed_pc" in k for k in decayed)
+    assert not any("norm" in k or "bias" in k for k in decayed), sorted(decayed)
+    assert any("norm1_lc" in k for k in flat) and any("qkv_bias_l3nh" in k for k in flat)

@@ -58,15 +58,20 @@ class SafetensorsFile:
                 if n > size - 8:
                     raise CheckpointError(f"{path}: header length {n} exceeds the file size {size}")
                 header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
         self.data_start = 8 + n
         header.pop("__metadata__", None)
         self.entries = header
         for name, e in header.items():
-            if e["dtype"] not in SAFETENSORS_DTYPES:
-                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {e['dtype']}")
-            begin, end = e["data_offsets"]
+            try:
+                dtype, shape, (begin, end) = e["dtype"], e["shape"], e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: corrupt header entry for tensor {name}: {e!r}") from None
+            if dtype not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype}")
             if self.data_start + end > size:
                 raise CheckpointError(f"{path}: tensor {name} extends past the end of the file (truncated?)")
 

@@ -90,6 +90,13 @@ class Qwen25VLConfig:
 
     def validate(self) -> None:
         t, v = self.text, self.vision
+        sizes = {f"text {k}": getattr(t, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                      "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}
+        sizes.update({f"vision {k}": getattr(v, k) for k in ("depth", "hidden_size", "intermediate_size", "num_heads",
+                                                            "patch_size", "spatial_merge_size", "window_size")})
+        bad = [f"{k}={val!r}" for k, val in sizes.items() if not isinstance(val, int) or val <= 0]
+        if bad:
+            raise ConfigError("invalid Qwen2.5-VL config: sizes must be positive integers: " + ", ".join(bad))
         problems = []
         if t.hidden_size % t.num_attention_heads:
             problems.append(f"text hidden_size {t.hidden_size} is not divisible by num_attention_heads {t.num_attention_heads}")
@@ -147,40 +154,44 @@ class Qwen25VLConfig:
                                "intermediate_size") if k not in td]
         if missing:
             raise ConfigError(f"{source}: text config lacks {missing}")
-        text = TextConfig(
-            vocab_size=int(td["vocab_size"]),
-            hidden_size=int(td["hidden_size"]),
-            intermediate_size=int(td["intermediate_size"]),
-            num_hidden_layers=int(td["num_hidden_layers"]),
-            num_attention_heads=int(td["num_attention_heads"]),
-            num_key_value_heads=int(td.get("num_key_value_heads") or td["num_attention_heads"]),
-            rms_norm_eps=float(td.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta", td.get("rope_theta", 1000000.0))),
-            mrope_section=tuple(int(x) for x in rope.get("mrope_section", (16, 24, 24))),
-            max_position_embeddings=int(td.get("max_position_embeddings", 128000)),
-            hidden_act=td.get("hidden_act", "silu"),
-        )
-        vrope = vd.get("rope_parameters") or {}
-        vision = VisionConfig(
-            depth=int(vd.get("depth", vd.get("num_hidden_layers", 32))),
-            hidden_size=int(vd.get("hidden_size", 1280)),
-            intermediate_size=int(vd.get("intermediate_size", 3420)),
-            num_heads=int(vd.get("num_heads", vd.get("num_attention_heads", 16))),
-            in_channels=int(vd.get("in_channels", vd.get("in_chans", 3))),
-            patch_size=int(vd.get("patch_size", 14)),
-            temporal_patch_size=int(vd.get("temporal_patch_size", 2)),
-            spatial_merge_size=int(vd.get("spatial_merge_size", 2)),
-            window_size=int(vd.get("window_size", 112)),
-            out_hidden_size=int(vd.get("out_hidden_size", text.hidden_size)),
-            fullatt_block_indexes=tuple(int(i) for i in vd.get("fullatt_block_indexes", (7, 15, 23, 31))),
-            hidden_act=vd.get("hidden_act", "silu"),
-            rope_theta=float(vrope.get("rope_theta", 10000.0)),
-            tokens_per_second=int(vd.get("tokens_per_second", 2)),
-        )
+        try:
+            text = TextConfig(
+                vocab_size=int(td["vocab_size"]),
+                hidden_size=int(td["hidden_size"]),
+                intermediate_size=int(td["intermediate_size"]),
+                num_hidden_layers=int(td["num_hidden_layers"]),
+                num_attention_heads=int(td["num_attention_heads"]),
+                num_key_value_heads=int(td.get("num_key_value_heads") or td["num_attention_heads"]),
+                rms_norm_eps=float(td.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope.get("rope_theta", td.get("rope_theta", 1000000.0))),
+                mrope_section=tuple(int(x) for x in rope.get("mrope_section", (16, 24, 24))),
+                max_position_embeddings=int(td.get("max_position_embeddings", 128000)),
+                hidden_act=td.get("hidden_act", "silu"),
+            )
+            vrope = vd.get("rope_parameters") or {}
+            vision = VisionConfig(
+                depth=int(vd.get("depth", vd.get("num_hidden_layers", 32))),
+                hidden_size=int(vd.get("hidden_size", 1280)),
+                intermediate_size=int(vd.get("intermediate_size", 3420)),
+                num_heads=int(vd.get("num_heads", vd.get("num_attention_heads", 16))),
+                in_channels=int(vd.get("in_channels", vd.get("in_chans", 3))),
+                patch_size=int(vd.get("patch_size", 14)),
+                temporal_patch_size=int(vd.get("temporal_patch_size", 2)),
+                spatial_merge_size=int(vd.get("spatial_merge_size", 2)),
+                window_size=int(vd.get("window_size", 112)),
+                out_hidden_size=int(vd.get("out_hidden_size", text.hidden_size)),
+                fullatt_block_indexes=tuple(int(i) for i in vd.get("fullatt_block_indexes", (7, 15, 23, 31))),
+                hidden_act=vd.get("hidden_act", "silu"),
+                rope_theta=float(vrope.get("rope_theta", 10000.0)),
+                tokens_per_second=int(vd.get("tokens_per_second", 2)),
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: a size or id is not a number ({e})") from None
         for act, where in ((text.hidden_act, "text"), (vision.hidden_act, "vision")):
             if act != "silu":
                 raise ConfigError(f"{source}: {where} hidden_act {act!r} is not supported (Qwen2.5-VL uses silu)")
-        tie = d.get("tie_word_embeddings", td.get("tie_word_embeddings", False))
+        # transformers ties when either the top level or the text config says so
+        tie = bool(d.get("tie_word_embeddings", False)) or bool(td.get("tie_word_embeddings", False))
         return cls(
             text=text,
             vision=vision,

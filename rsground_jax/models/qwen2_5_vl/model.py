@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from .config import Qwen25VLConfig
-from .rope_index import check_image_tokens, get_rope_index
+from .rope_index import get_rope_index
 from .text import KVCache, TextDecoder
 from .vision import VisionTower, vision_inputs
 
@@ -35,7 +35,7 @@ def prepare_inputs(
 ) -> dict[str, Any]:
     """Host-side preparation (numpy): M-RoPE positions, rope deltas and the vision tower's index arrays.
 
-    Raises `ImageTokenMismatchError` when the `<|image_pad|>` tokens do not match `image_grid_thw`.
+    Raises `ImageTokenMismatchError` (from `get_rope_index`) when the `<|image_pad|>` tokens do not match `image_grid_thw`.
     Returns a dict with `input_ids`, `attention_mask`, `position_ids` [3,B,L], `rope_deltas` [B] and
     `vision` (dict of int arrays, or None for a text-only batch).
     """
@@ -45,7 +45,6 @@ def prepare_inputs(
     mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)
     grid = None if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
     vc = config.vision
-    check_image_tokens(ids, grid, config.image_token_id, vc.spatial_merge_size, mask)
     position_ids, rope_deltas = get_rope_index(
         ids, grid, mask, image_token_id=config.image_token_id, spatial_merge_size=vc.spatial_merge_size
     )
@@ -91,6 +90,8 @@ class Qwen25VL(nnx.Module):
         x = self.text.embed(input_ids, self.dtype)
         if pixel_values is None:
             return x
+        if vision is None:
+            raise ValueError("pixel_values given without `vision` index arrays: compute them with prepare_inputs")
         images = self.encode_images(pixel_values, vision)
         is_image = (input_ids == self.config.image_token_id) & attention_mask.astype(bool)
         # k-th image token (in reading order over the batch) takes the k-th merged embedding
