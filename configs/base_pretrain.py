@@ -23,10 +23,11 @@ def get_config():
     c.length_bucket = 96
     c.eval_images = 100
 
-    def stage(name, synth, images, steps, batch, lr):
+    def stage(name, synth, images, steps, batch, lr, end_lr_fraction):
         s = ml_collections.ConfigDict()
         s.name, s.synth, s.num_images, s.steps, s.batch_size, s.lr = name, synth, images, steps, batch, lr
         s.warmup_steps = 100
+        s.end_lr_fraction = end_lr_fraction
         return s
 
     # synth: a preset of rsground_jax.data.synthetic, plus overrides of its SynthConfig fields
@@ -34,7 +35,9 @@ def get_config():
                                             instances_per_category=(1, 1), num_distractors=(0, 0)))
     crowded = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 168)))
     c.stages = [
-        stage("single_object", single, 2000, 2400, 32, 2e-3),
-        stage("positional", crowded, 3000, 1600, 32, 1e-3),
+        # A constant rate through the image-blind plateau (the loss sits near 0.83 until the model starts to
+        # use the image); a first run that decayed the rate over 2,400 steps was still on it at step 1,550.
+        stage("single_object", single, 2000, 3000, 32, 2e-3, 1.0),
+        stage("positional", crowded, 3000, 1600, 32, 1e-3, 0.1),
     ]
     return c

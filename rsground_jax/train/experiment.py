@@ -7,7 +7,8 @@ Config fields (see `configs/`):
   tokenizer: "small" (packaged), "qwen2.5", a tokenizer directory, or "" for the `init` checkpoint's own
   max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
   eval_images: validation records scored after each stage (0 to skip)
-  stages: list of {name, steps, batch_size, lr, warmup_steps, freeze_vision, accum_steps and either
+  stages: list of {name, steps, batch_size, lr, warmup_steps, end_lr_fraction (cosine floor; 1 = constant),
+          freeze_vision, accum_steps and either
           synth (a synthetic preset + SynthConfig overrides) with num_images, or data_root (+ data_format)}
 Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; rerunning resumes.
 """
@@ -140,6 +141,7 @@ def run_experiment(cfg, *, progress: bool = True) -> dict:
             batch_size=st.batch_size, length_buckets=(cfg.length_bucket,), seed=cfg.seed + i,
             answer_style=cfg.answer_style), template=template)
         opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
+                          end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
                           freeze_vision=bool(st.get("freeze_vision", False)))
         ts = time.time()
         res = run_sft(model, pl, make_optimizer(opt),
