@@ -129,11 +129,14 @@ class TextDecoder(nnx.Module):
             q = apply_rotary(q, cos, sin)
             k = apply_rotary(k, cos, sin)
             if kv is not None:
-                ck, cv = kv
-                k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-                v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-                kv = (k, v)
-                k, v = k.astype(dt), v.astype(dt)
+                # write the new keys/values into this layer's slice of the whole cache (in place: the cache is
+                # a loop carry, so no copy of it is made per layer or per decoded token), then read the slice
+                ck, cv, i = kv
+                ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (i, 0, cache_index, 0, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (i, 0, cache_index, 0, 0))
+                kv = (ck, cv)
+                k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
+                v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
             qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
             o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
             h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
@@ -147,12 +150,14 @@ class TextDecoder(nnx.Module):
             x, _ = jax.lax.scan(body, x, stacked)
             new_cache = None
         else:
-            def body(h, xs):
-                lp, ck, cv = xs
-                h, (ck, cv) = layer(h, lp, (ck, cv))
-                return h, (ck, cv)
+            def body(carry, xs):
+                h, ck, cv = carry
+                lp, i = xs
+                h, (ck, cv) = layer(h, lp, (ck, cv, i))
+                return (h, ck, cv), None
 
-            x, (ks, vs) = jax.lax.scan(body, x, (stacked, cache.k, cache.v))
+            layer_ids = jnp.arange(cfg.num_hidden_layers)
+            (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, layer_ids))
             new_cache = KVCache(ks, vs, key_valid)
         return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
 
