@@ -35,7 +35,7 @@ from ..eval.evaluate import evaluate
 from ..models import ImageProcessor, Qwen25VL, load_pretrained, save_pretrained
 from ..models.qwen2_5_vl import tiny
 from .loop import LoopConfig, run_sft
-from .optim import OptimConfig, make_optimizer
+from .optim import OptimConfig, make_optimizer, schedule
 
 log = logging.getLogger(__name__)
 BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base_model"
@@ -147,7 +147,8 @@ def run_experiment(cfg, *, progress: bool = True) -> dict:
         res = run_sft(model, pl, make_optimizer(opt),
                       LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), log_every=50,
                                  checkpoint_every=250, progress=progress),
-                      os.path.join(cfg.workdir, st.name), resume=True, freeze_vision=opt.freeze_vision)
+                      os.path.join(cfg.workdir, st.name), resume=True, freeze_vision=opt.freeze_vision,
+                      schedule=schedule(opt))
         row = {"stage": st.name, "steps": st.steps, "seconds": round(time.time() - ts, 1),
                "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}
         if cfg.eval_images and not res.preempted:
