@@ -8,6 +8,8 @@ cues, 112x112 pixel budget (at most 16 image tokens). Reproduce with
 
 import ml_collections
 
+from rsground_jax.data.chat import BOX_QUESTION
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -18,7 +20,7 @@ def get_config():
     c.output = "rsground_jax/assets/base_model"  # HF directory shipped in the package
     c.max_pixels = 112 * 112
     c.template_system = ""  # empty: no system turn (shorter sequences for the tiny model)
-    c.template_question = 'Locate "{expression}" and give its box [x1, y1, x2, y2].'
+    c.template_question = BOX_QUESTION
     c.answer_style = "box"
     c.length_bucket = 96
     c.eval_images = 100

@@ -5,6 +5,8 @@
 
 import ml_collections
 
+from rsground_jax.data.chat import DEFAULT_QUESTION, DEFAULT_SYSTEM
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -16,9 +18,8 @@ def get_config():
     c.workdir = "runs/demo_cot_sft"
     c.output = "runs/demo_cot_sft/model"
     c.max_pixels = 112 * 112  # the base model's pixel budget
-    c.template_system = "You are a helpful assistant."
-    c.template_question = ("Locate \"{expression}\" in the image. First think about where it is inside <think> "
-                           "</think>, then give its bounding box [x1, y1, x2, y2] in pixels inside <answer> </answer>.")
+    c.template_system = DEFAULT_SYSTEM
+    c.template_question = DEFAULT_QUESTION  # reasoning in <think>, then the box in <answer>
     c.answer_style = "cot"
     c.length_bucket = 384
     c.eval_images = 120

@@ -9,6 +9,8 @@ Face directory (no download at run time); the tokenizer is the checkpoint's own.
 
 import ml_collections
 
+from rsground_jax.data.chat import DEFAULT_QUESTION, DEFAULT_SYSTEM
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -20,9 +22,8 @@ def get_config():
     c.workdir = "runs/qwen2_5_vl_3b_dior_rsvg"
     c.output = "runs/qwen2_5_vl_3b_dior_rsvg/model"
     c.max_pixels = 1003520  # transformers' default budget (800x800 -> 812x812, 841 image tokens)
-    c.template_system = "You are a helpful assistant."
-    c.template_question = ("Locate \"{expression}\" in the image. First think about where it is inside <think> "
-                           "</think>, then give its bounding box [x1, y1, x2, y2] in pixels inside <answer> </answer>.")
+    c.template_system = DEFAULT_SYSTEM
+    c.template_question = DEFAULT_QUESTION  # reasoning in <think>, then the box in <answer>
     c.answer_style = "cot"
     c.length_bucket = 1280
     c.eval_images = 500

@@ -18,9 +18,6 @@ import os
 import time
 
 
-BASE_QUESTION = 'Locate "{expression}" and give its box [x1, y1, x2, y2].'  # configs/base_pretrain.py
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic data -> base model -> CoT-SFT -> evaluation, on the CPU",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +59,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..data import load_split
-    from ..data.chat import ChatTemplate
+    from ..data.chat import BOX_QUESTION, ChatTemplate
     from ..data.pipeline import PipelineConfig, sft_pipeline
     from ..data.synthetic import PRESETS, generate_dataset
     from ..data.tokenizer import load_tokenizer
@@ -101,7 +98,7 @@ def run(args) -> int:
         from ..data.tokenizer import load_small_tokenizer
 
         tok = load_small_tokenizer()
-        base_template = ChatTemplate(system=None, question=BASE_QUESTION)
+        base_template = ChatTemplate(system=None, question=BOX_QUESTION)
         proc = ImageProcessor(max_pixels=112 * 112)
     cot_template = ChatTemplate()
     results = {}

@@ -35,6 +35,8 @@ DEFAULT_QUESTION = (
     'Locate "{expression}" in the image. First think about where it is inside <think> </think>, '
     "then give its bounding box [x1, y1, x2, y2] in pixels inside <answer> </answer>."
 )
+# The base model's plain grounding question (no reasoning asked; configs/base_pretrain.py).
+BOX_QUESTION = 'Locate "{expression}" and give its box [x1, y1, x2, y2].'
 
 
 @dataclasses.dataclass(frozen=True)
