@@ -84,8 +84,8 @@ def run(args) -> int:
         synth = dataclasses.replace(PRESETS["tiny"], image_size=(112, 168), num_categories=(1, 2),
                                     instances_per_category=(2, 3))
         summary = generate_dataset(data, args.num_images, seed=args.seed, config=synth)
-        print(f"[{time.time() - t0:5.0f}s] generated {summary.num_images if hasattr(summary, 'num_images') else args.num_images} "
-              f"synthetic scenes in {data}")
+        print(f"[{time.time() - t0:5.0f}s] generated {summary.num_images} synthetic scenes "
+              f"({summary.num_expressions} expressions) in {data}")
     train, test = load_split(data, "train"), load_split(data, "test")
     test = [r for r in test if shares_category(r)][: args.eval_images]
     print(f"[{time.time() - t0:5.0f}s] {len(train)} training expressions; {len(test)} test expressions whose target "
