@@ -29,9 +29,11 @@ def grid(rows: list[dict], path: str, cell: int = 224, columns: int = 4) -> None
     d = ImageDraw.Draw(canvas)
     for i, r in enumerate(rows):
         with Image.open(r["image"]) as src:
-            img = draw_boxes(src, r.get("gt_box"), r.get("pred_box"))
-        img.thumbnail((cell, cell))
+            scale = cell / max(src.size)  # fit the cell, up or down; boxes are drawn after scaling
+            size = (max(1, round(src.width * scale)), max(1, round(src.height * scale)))
+            img = draw_boxes(src.convert("RGB").resize(size, Image.Resampling.BICUBIC),
+                             *(None if b is None else [v * scale for v in b] for b in (r.get("gt_box"), r.get("pred_box"))))
         x, y = (i % cols) * cell, (i // cols) * (cell + 14)
         canvas.paste(img, (x, y))
-        d.text((x + 2, y + cell), f"IoU {r.get('iou', 0):.2f}", fill=(0, 0, 0))
+        d.text((x + 2, y + img.height), f"IoU {r.get('iou', 0):.2f}", fill=(0, 0, 0))
     canvas.save(path)
