@@ -3,7 +3,7 @@
 Plain box answers (no reasoning), a curriculum from one object per image to crowded scenes with positional
 cues, 112x112 pixel budget (at most 16 image tokens). Reproduce with
     rsground sft --config configs/base_pretrain.py
-(the same as `python tools/train_base.py`). Rerunning resumes from the stage checkpoints in `workdir`.
+(the same as `python tools/train_base.py`); add `--resume` to continue from the stage checkpoints in `workdir`.
 """
 
 import ml_collections

@@ -52,10 +52,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from ..data.records import DataError
     from ..configs import ConfigError as ExperimentConfigError
     from ..models.qwen2_5_vl import CheckpointError, ConfigError, ImageTokenMismatchError
-    from ..train.loop import CheckpointMismatchError, NonFiniteLossError
+    from ..train.loop import CheckpointMismatchError, NonFiniteLossError, WorkdirInUseError
 
     return (UserError, FileNotFoundError, DataError, CheckpointError, ConfigError, ImageTokenMismatchError,
-            ExperimentConfigError, CheckpointMismatchError, NonFiniteLossError)
+            ExperimentConfigError, CheckpointMismatchError, NonFiniteLossError, WorkdirInUseError)
 
 
 if __name__ == "__main__":

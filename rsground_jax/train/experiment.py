@@ -10,7 +10,7 @@ Config fields (see `configs/`):
   stages: list of {name, steps, batch_size, lr, warmup_steps, end_lr_fraction (cosine floor; 1 = constant),
           freeze_vision, accum_steps and either
           synth (a synthetic preset + SynthConfig overrides) with num_images, or data_root (+ data_format)}
-Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; rerunning resumes.
+Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
 """
 
 from __future__ import annotations
@@ -127,8 +127,12 @@ def stage_data(cfg, stage, index: int):
     return load_split(root, "train", format=fmt), load_split(root, "val", format=fmt)
 
 
-def run_experiment(cfg, *, progress: bool = True) -> dict:
-    """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`)."""
+def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
+    """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`).
+
+    `resume`: continue each stage from its latest checkpoint (a finished stage runs no more steps); without
+    it a stage workdir that holds checkpoints raises `WorkdirInUseError`.
+    """
     tok = tokenizer_from(cfg.tokenizer or _tokenizer_of_init(cfg.init))
     model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"))
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
@@ -147,7 +151,7 @@ def run_experiment(cfg, *, progress: bool = True) -> dict:
         res = run_sft(model, pl, make_optimizer(opt),
                       LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), log_every=50,
                                  checkpoint_every=250, progress=progress),
-                      os.path.join(cfg.workdir, st.name), resume=True, freeze_vision=opt.freeze_vision,
+                      os.path.join(cfg.workdir, st.name), resume=resume, freeze_vision=opt.freeze_vision,
                       schedule=schedule(opt))
         row = {"stage": st.name, "steps": st.steps, "seconds": round(time.time() - ts, 1),
                "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}

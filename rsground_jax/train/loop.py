@@ -34,6 +34,10 @@ class CheckpointMismatchError(ValueError):
     """A training checkpoint that does not match the model/optimizer being resumed."""
 
 
+class WorkdirInUseError(ValueError):
+    """A fresh (not resumed) run pointed at a workdir that already holds training checkpoints."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
@@ -150,6 +154,10 @@ def _restore(mngr, state, pipeline, resume, workdir):
         log.info("resumed from step %d", resumed_from)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", workdir)
+    elif mngr.latest_step() is not None:
+        raise WorkdirInUseError(
+            f"{workdir}: holds checkpoints up to step {mngr.latest_step()} of an earlier run; resume it "
+            f"(--resume) or choose another workdir")
     return state, iterator, resumed_from
 
 
