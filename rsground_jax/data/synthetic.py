@@ -92,6 +92,9 @@ class SynthConfig:
     margin: how clearly a cue must hold, as a fraction of the shorter side (at least 3 px).
     cue_weights: relative preference of the cue kinds when several hold.
     max_expressions: expressions per image at most (None: one for every object a cue holds for).
+    clutter: how much of the ground's detail (fields, roads, water, texture) shows, from 0 (flat ground of
+        the palette's base colour, for the first steps of a curriculum) to 1 (the full scene). The random
+        draws are the same for every value, so only the ground's look changes.
     """
 
     image_size: tuple[int, int] = (112, 224)
@@ -113,6 +116,7 @@ class SynthConfig:
     )
     max_expressions: int | None = None
     jpeg_quality: int = 90
+    clutter: float = 1.0
 
     def __post_init__(self):
         for name in self.categories:
@@ -131,6 +135,8 @@ class SynthConfig:
             raise ValueError("num_categories must allow at least one category")
         if self.size_variation < 1.0:
             raise ValueError(f"size_variation must be >= 1, got {self.size_variation}")
+        if not 0.0 <= self.clutter <= 1.0:
+            raise ValueError(f"SynthConfig.clutter must lie in [0, 1], got {self.clutter}")
         if not 0 < self.object_size[1] <= 0.6:
             raise ValueError(f"object_size fractions must lie in (0, 0.6], got {self.object_size}")
 
@@ -644,6 +650,9 @@ def generate_image(config: SynthConfig, seed: int, index: int) -> SynthImage:
     tex = 1.0 + 0.22 * (_noise(rng, height, width, max(8, short // 6)) - 0.5) + 0.12 * (_noise(rng, height, width, 4) - 0.5)
     tex += rng.normal(0.0, 0.025, (height, width)).astype(np.float32)
     ground = np.asarray(canvas, np.float32) * tex[..., None]
+    if config.clutter < 1.0:
+        flat = np.asarray(base_color, np.float32)
+        ground = flat + np.float32(config.clutter) * (ground - flat)
 
     # ---- objects: place, then shadows, then shapes
     margin_px = max(3.0, config.margin * short)

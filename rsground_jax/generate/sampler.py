@@ -70,6 +70,7 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
                                   cache=cache, cache_index=0, logits_slice=slice(-1, None))
     start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [b]
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+    layers = model.text.layer_params()  # sliced once here, not once per token inside the loop
 
     key, sub = jax.random.split(key)
     first = _pick(logits[:, -1], cfg, sub)
@@ -86,7 +87,7 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
         prev = tokens[:, i - 1][:, None]
         p = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, b, 1)).astype(jnp.int32)
         step_logits, cache = model.forward(prev, jnp.ones((b, 1), jnp.int32), p, cache=cache,
-                                           cache_index=prompt_len + i - 1)
+                                           cache_index=prompt_len + i - 1, layers=layers)
         key, sub = jax.random.split(key)
         nxt = jnp.where(done, cfg.pad_id, _pick(step_logits[:, -1], cfg, sub))
         tokens = tokens.at[:, i].set(nxt)

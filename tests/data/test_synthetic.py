@@ -189,6 +189,25 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown synthetic preset"):
         S.generate_dataset("/nonexistent", 1, config="huge")
     assert S.SynthConfig.from_json(S.PRESETS["dior"].to_json()) == S.PRESETS["dior"]
+    with pytest.raises(ValueError, match="clutter must lie in"):
+        S.SynthConfig(clutter=1.5)
+
+
+def test_clutter_changes_only_the_ground():
+    full = S.PRESETS["tiny"]
+    flat = dataclasses.replace(full, clutter=0.0)
+    half = dataclasses.replace(full, clutter=0.5)
+    for index in range(6):
+        a, b, c = (S.generate_image(cfg, 11, index) for cfg in (full, flat, half))
+        assert a.objects == b.objects == c.objects and a.expressions == b.expressions == c.expressions
+        ground = np.ones(a.image.shape[:2], bool)  # pixels away from every object and its shadow
+        for o in a.objects:
+            x0, y0, x1, y1 = (int(v) for v in o.box)
+            pad = max(x1 - x0, y1 - y0) // 4 + 2
+            ground[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = False
+        spread = [img.image[ground].astype(np.float32).std(0).max() for img in (a, c, b)]
+        assert spread[2] < 1.0 < spread[0], spread  # flat ground (JPEG-free array) vs the full scene's detail
+        assert spread[1] < spread[0]
 
 
 def test_generator_speed_tiny():

@@ -104,8 +104,10 @@ def test_jit_forward_with_static_padding_matches_eager(models, rng):
     assert _max_diff(got, eager, batch["attention_mask"]) <= 1e-5
 
 
-def test_kv_cache_prefill_then_one_token_at_a_time_equals_full_forward(models, rng):
+@pytest.mark.parametrize("unrolled", [False, True], ids=["scanned", "unrolled"])
+def test_kv_cache_prefill_then_one_token_at_a_time_equals_full_forward(models, rng, unrolled):
     _, ours, _ = models
+    layers = ours.text.layer_params() if unrolled else None  # the sampler's decode path
     batch = make_batch(rng, [[_non_square(rng)], [_non_square(rng)], []], pad_side="left")
     prep = prepare_inputs(ours.config, batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"])
     ids, mask, pos = (jnp.asarray(prep[k]) for k in ("input_ids", "attention_mask", "position_ids"))
@@ -117,10 +119,12 @@ def test_kv_cache_prefill_then_one_token_at_a_time_equals_full_forward(models, r
     split = max(L - int(rng.integers(4, 9)), last_image + 2)
     assert split < L
     cache = KVCache.init(ours.config.text, ids.shape[0], L + 2)
-    first, cache = ours.forward(ids[:, :split], mask[:, :split], pos[:, :, :split], px, vision, cache=cache, cache_index=0)
+    first, cache = ours.forward(ids[:, :split], mask[:, :split], pos[:, :, :split], px, vision, cache=cache, cache_index=0,
+                                layers=layers)
     steps = [first]
     for t in range(split, L):
-        lg, cache = ours.forward(ids[:, t:t + 1], mask[:, t:t + 1], pos[:, :, t:t + 1], cache=cache, cache_index=t)
+        lg, cache = ours.forward(ids[:, t:t + 1], mask[:, t:t + 1], pos[:, :, t:t + 1], cache=cache, cache_index=t,
+                                 layers=layers)
         steps.append(lg)
     got = np.concatenate([np.asarray(s) for s in steps], axis=1)
     assert _max_diff(got, np.asarray(full), prep["attention_mask"]) <= TOL

@@ -61,6 +61,14 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return jnp.einsum("bkgts,bskh->btkgh", probs, v)
 
 
+def grouped_attention_khm(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """`grouped_attention` with keys and values in the KV cache's head-major layout k, v [b, k, s, h]."""
+    logits = jnp.einsum("btkgh,bksh->bkgts", q, k) * jnp.asarray(scale, q.dtype)
+    logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", probs, v)
+
+
 @jax.custom_vjp
 def silu_mul(gate: jax.Array, up: jax.Array) -> jax.Array:
     """silu(gate) * up, with a hand-written backward.

@@ -102,13 +102,14 @@ class Qwen25VL(nnx.Module):
     # ------------------------------------------------------------------------------------------- calls
 
     def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None,
-                cache: KVCache | None = None, cache_index=0, logits_slice: slice | None = None):
+                cache: KVCache | None = None, cache_index=0, logits_slice: slice | None = None, layers=None):
         """Jittable forward on prepared inputs. Returns (logits [b, t, vocab] float32, cache or None).
 
         `logits_slice` restricts the LM head to some positions (e.g. `slice(-1, None)` for decoding).
+        `layers`: per-layer decoder parameters (`self.text.layer_params()`), for the unrolled decode path.
         """
         x = self.embed(input_ids, attention_mask, pixel_values, vision)
-        hidden, cache = self.text(x, position_ids, attention_mask, cache=cache, cache_index=cache_index)
+        hidden, cache = self.text(x, position_ids, attention_mask, cache=cache, cache_index=cache_index, layers=layers)
         if logits_slice is not None:
             hidden = hidden[:, logits_slice]
         return self.text.logits(hidden), cache

@@ -15,14 +15,19 @@ import numpy as np
 from flax import nnx
 
 from .config import TextConfig
-from .layers import apply_rotary, grouped_attention, maybe_remat, param, rms_norm, swiglu
+from .layers import apply_rotary, grouped_attention, grouped_attention_khm, maybe_remat, param, rms_norm, swiglu
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys/values of every layer: k, v [layers, batch, max_len, kv_heads, head_dim];
-    valid [batch, max_len] bool marks slots holding a real (non-padding) token."""
+    """Keys/values of every layer: k, v [layers, batch, kv_heads, max_len, head_dim];
+    valid [batch, max_len] bool marks slots holding a real (non-padding) token.
+
+    Heads come before slots so that each decoded token's attention reads a layer's keys and values in the
+    layout its batched matmuls want (batch and head as batch dimensions): no transposing copy of the cache
+    per layer and token.
+    """
 
     k: jax.Array
     v: jax.Array
@@ -30,12 +35,12 @@ class KVCache:
 
     @classmethod
     def init(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), bool))
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
 
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -91,8 +96,14 @@ class TextDecoder(nnx.Module):
             "gate": self.gate_ldf[...], "up": self.up_ldf[...], "down": self.down_lfd[...],
         }
 
+    def layer_params(self) -> list[dict[str, jax.Array]]:
+        """Each layer's parameters sliced out of the stacks, for the unrolled decode path (see `__call__`)."""
+        stacked = self._stacked()
+        return [{k: w[i] for k, w in stacked.items()} for i in range(self.cfg.num_hidden_layers)]
+
     def __call__(self, x: jax.Array, position_ids: jax.Array, attention_mask: jax.Array,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                 layers: list[dict[str, jax.Array]] | None = None):
         """Decoder stack.
 
         Args:
@@ -132,19 +143,22 @@ class TextDecoder(nnx.Module):
                 # write the new keys/values into this layer's slice of the whole cache (in place: the cache is
                 # a loop carry, so no copy of it is made per layer or per decoded token), then read the slice
                 ck, cv, i = kv
-                ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (i, 0, cache_index, 0, 0))
-                cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (i, 0, cache_index, 0, 0))
+                k_new = jnp.swapaxes(k, 1, 2).astype(ck.dtype)[None]  # [1, b, kv_heads, t, h]
+                v_new = jnp.swapaxes(v, 1, 2).astype(cv.dtype)[None]
+                ck = jax.lax.dynamic_update_slice(ck, k_new, (i, 0, 0, cache_index, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v_new, (i, 0, 0, cache_index, 0))
                 kv = (ck, cv)
                 k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
                 v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
             qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
-            o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
+            attend = grouped_attention if kv is None else grouped_attention_khm
+            o = attend(qg, k, v, mask, cfg.head_dim**-0.5).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
             h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
             m = rms_norm(h, lp["mlp_norm"], cfg.rms_norm_eps)
             h = h + swiglu(m, lp["gate"], lp["up"], lp["down"])
             return h, kv
 
-        stacked = self._stacked()
+        stacked = self._stacked() if layers is None else None
         if cache is None:
             body = maybe_remat(lambda h, lp: (layer(h, lp)[0], None), self.remat)
             x, _ = jax.lax.scan(body, x, stacked)
@@ -156,8 +170,13 @@ class TextDecoder(nnx.Module):
                 h, (ck, cv) = layer(h, lp, (ck, cv, i))
                 return (h, ck, cv), None
 
-            layer_ids = jnp.arange(cfg.num_hidden_layers)
-            (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, layer_ids))
+            if layers is None:
+                layer_ids = jnp.arange(cfg.num_hidden_layers)
+                (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, layer_ids))
+            else:
+                ks, vs = cache.k, cache.v
+                for i, lp in enumerate(layers):
+                    (x, ks, vs), _ = body((x, ks, vs), (lp, i))
             new_cache = KVCache(ks, vs, key_valid)
         return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
 
