@@ -15,6 +15,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.init = "tiny"  # random weights of the tiny preset, sized to the tokenizer
+    c.tiny_options = ml_collections.ConfigDict(dict(rope_theta=1000000.0))
     c.tokenizer = "small"
     c.workdir = "runs/base_pretrain"
     c.output = "rsground_jax/assets/base_model"  # HF directory shipped in the package
@@ -25,21 +26,29 @@ def get_config():
     c.length_bucket = 96
     c.eval_images = 100
 
-    def stage(name, synth, images, steps, batch, lr, end_lr_fraction):
+    def stage(name, synth, images, steps, batch, lr, end_lr_fraction, freeze_vision=False, warmup=100):
         s = ml_collections.ConfigDict()
         s.name, s.synth, s.num_images, s.steps, s.batch_size, s.lr = name, synth, images, steps, batch, lr
-        s.warmup_steps = 100
+        s.warmup_steps = warmup
         s.end_lr_fraction = end_lr_fraction
+        s.freeze_vision = freeze_vision
         return s
 
     # synth: a preset of rsground_jax.data.synthetic, plus overrides of its SynthConfig fields
-    single = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 112), num_categories=(1, 1),
-                                            instances_per_category=(1, 1), num_distractors=(0, 0)))
+    one = dict(preset="tiny", image_size=(112, 112), num_categories=(1, 1), instances_per_category=(1, 1))
+    plain = ml_collections.ConfigDict(dict(one, num_distractors=(0, 0), object_size=(0.25, 0.45), clutter=0.0))
+    cluttered = ml_collections.ConfigDict(dict(one, num_distractors=(0, 1)))
     crowded = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 168)))
     c.stages = [
-        # A constant rate through the image-blind plateau (the loss sits near 0.83 until the model starts to
-        # use the image); a first run that decayed the rate over 2,400 steps was still on it at step 1,550.
-        stage("single_object", single, 2000, 3000, 32, 2e-3, 1.0),
-        stage("positional", crowded, 3000, 1600, 32, 1e-3, 0.1),
+        # From random weights, trained end to end, the model sits on an image-blind plateau: the vision tower
+        # drifts to a large near-constant output that the decoder learns to ignore (measured: loss with the
+        # images shuffled equal to the loss with the right ones after 3,000 steps; transformers' PyTorch model
+        # trained on the same batches stays on the same plateau). With the random vision tower frozen its
+        # features stay informative, and the decoder learns to read them: plain ground and large objects first.
+        stage("single", plain, 4000, 2500, 32, 2e-3, 1.0, freeze_vision=True, warmup=50),
+        # then the tower trains too, on full scenes with one object (plus a distractor of another category)
+        stage("single_cluttered", cluttered, 4000, 1000, 32, 1e-3, 1.0),
+        # then crowded scenes: several objects per category, positional expressions
+        stage("positional", crowded, 4000, 1500, 32, 1e-3, 0.1),
     ]
     return c

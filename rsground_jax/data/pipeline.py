@@ -174,7 +174,11 @@ class Plan:
         h = hashlib.sha256(self.kind.encode())
         for a in (self.ids, self.offsets, self.grid_thw, self.gt_original):
             h.update(np.ascontiguousarray(a).tobytes())
-        h.update("\n".join(r.image_path for r in self.records).encode())
+        # image paths relative to their common folder: a dataset (or a run directory holding it) that moves
+        # keeps its fingerprint, so a checkpoint can resume on another machine or mount point
+        paths = [os.path.abspath(r.image_path) for r in self.records]
+        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+        h.update("\n".join(os.path.relpath(p, root) for p in paths).encode())
         return h.hexdigest()[:16]
 
 

@@ -3,6 +3,7 @@
 Config fields (see `configs/`):
   seed, workdir, output (HF directory written at the end, or "" for none)
   init: "tiny" (random tiny preset sized to the tokenizer), "base" (the packaged base model), or an HF path
+  tiny_options: optional arguments of the tiny preset for init="tiny" (e.g. rope_theta)
   compute_dtype ("float32" | "bfloat16", parameters stay float32), remat ("none" | "full" | "dots")
   tokenizer: "small" (packaged), "qwen2.5", a tokenizer directory, or "" for the `init` checkpoint's own
   max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
@@ -53,23 +54,26 @@ def _tokenizer_of_init(init: str) -> str:
     return init
 
 
-def tiny_for(tokenizer) -> "Qwen25VLConfig":  # noqa: F821
-    """The tiny preset with the tokenizer's vocabulary and special ids."""
+def tiny_for(tokenizer, **options) -> "Qwen25VLConfig":  # noqa: F821
+    """The tiny preset with the tokenizer's vocabulary and special ids; `options` go to `tiny()`
+    (text_layers, vision_depth, rope_theta, tie_word_embeddings)."""
     sp = special_token_ids(tokenizer)
     return tiny(vocab_size=sp.vocab_size, image_token_id=sp.image_pad, vision_start_token_id=sp.vision_start,
                 vision_end_token_id=sp.vision_end, eos_token_id=sp.im_end, bos_token_id=sp.pad,
-                video_token_id=sp.video_pad, pad_token_id=sp.pad)
+                video_token_id=sp.video_pad, pad_token_id=sp.pad, **options)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def init_model(init: str, tokenizer, seed: int, compute_dtype: str = "float32", remat: str = "none") -> Qwen25VL:
-    """float32 master weights; activations in `compute_dtype`."""
+def init_model(init: str, tokenizer, seed: int, compute_dtype: str = "float32", remat: str = "none",
+               tiny_options: dict | None = None) -> Qwen25VL:
+    """float32 master weights; activations in `compute_dtype`. `tiny_options` shape the `init="tiny"` model."""
     if compute_dtype not in DTYPES:
         raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {compute_dtype!r}")
     if init == "tiny":
-        return Qwen25VL(tiny_for(tokenizer), rngs=nnx.Rngs(seed), dtype=DTYPES[compute_dtype], remat=remat)
+        return Qwen25VL(tiny_for(tokenizer, **(tiny_options or {})), rngs=nnx.Rngs(seed), dtype=DTYPES[compute_dtype],
+                        remat=remat)
     path = BASE_MODEL_DIR if init == "base" else Path(init)
     if init == "base" and not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: the packaged base model is missing (train it with "
@@ -134,7 +138,9 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
     it a stage workdir that holds checkpoints raises `WorkdirInUseError`.
     """
     tok = tokenizer_from(cfg.tokenizer or _tokenizer_of_init(cfg.init))
-    model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"))
+    tiny_options = cfg.get("tiny_options")
+    model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"),
+                       tiny_options.to_dict() if tiny_options is not None else None)
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
     t0 = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -226,6 +227,29 @@ def test_restore_refuses_a_state_from_another_pipeline(train_records, small_toke
     other = sft_pipeline(train_records, small_tokenizer, PROC, PipelineConfig(batch_size=2, seed=2))
     with pytest.raises(ValueError, match="saved by a different pipeline"):
         other.restore_state(iter(other), tmp_path / "s.json")
+
+
+def test_a_moved_dataset_resumes_and_a_changed_one_does_not(synth_root, small_tokenizer, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(synth_root, moved)
+    cfg = PipelineConfig(batch_size=2, seed=3)
+    here = sft_pipeline(load_split(synth_root, "train"), small_tokenizer, PROC, cfg)
+    there = sft_pipeline(load_split(moved, "train"), small_tokenizer, PROC, cfg)
+    assert here.fingerprint() == there.fingerprint()
+    it = iter(here)
+    _take(it, 3)
+    here.save_state(it, tmp_path / "s.json")
+    it2 = iter(there)
+    there.restore_state(it2, tmp_path / "s.json")
+    _assert_same_batches(_take(it, 4), _take(it2, 4))
+    # one image file renamed: another dataset
+    records = load_split(moved, "train")
+    first = records[0].image_path
+    os.rename(first, first.replace(".jpg", "_x.jpg"))
+    renamed = [dataclasses.replace(records[0], image_path=first.replace(".jpg", "_x.jpg")), *records[1:]]
+    assert sft_pipeline(renamed, small_tokenizer, PROC, cfg).fingerprint() != there.fingerprint()
 
 
 def test_corrupt_image_found_while_iterating_names_the_file(tmp_path, small_tokenizer):
