@@ -27,14 +27,13 @@ def get_config():
 
     s = ml_collections.ConfigDict()
     s.name = "cot_sft"
-    s.synth = ml_collections.ConfigDict(dict(preset="tiny", image_size=(112, 168), num_categories=(1, 2),
-                                             instances_per_category=(2, 3)))
+    s.synth = ml_collections.ConfigDict(dict(preset="demo"))  # plain ground, 2-3 objects per category
     s.num_images = 500
     s.steps = 300
     s.batch_size = 16
     s.lr = 1e-3
     s.warmup_steps = 20
-    s.freeze_vision = False
+    s.freeze_vision = True  # as the base was trained (its vision tower is the frozen random one)
     s.accum_steps = 1
     c.stages = [s]
     return c

@@ -1,12 +1,13 @@
 """`rsground demo`: the main job, on the CPU, from nothing but the installed package.
 
-1. Generates a synthetic RSVG set (aerial-looking scenes, several objects per category, positional
-   expressions) in the DIOR-RSVG format.
+1. Generates a synthetic RSVG set (the `demo` preset: aerial objects on plain ground, 2-3 per category,
+   positional expressions) in the DIOR-RSVG format.
 2. Loads the packaged base model (a tiny Qwen2.5-VL pretrained for plain-box grounding, see
    configs/base_pretrain.py).
 3. Scores on the test expressions whose target shares its category with another object in the image:
    the best constant box (the box that maximizes meanIoU on the training split), the base model, and the
-   model after CoT-SFT on the training split (reasoning, then the box).
+   model after CoT-SFT on the training split (reasoning, then the box; the vision tower stays frozen, as
+   in the base's pretraining, unless --train-vision).
 4. Prints the table (Pr@0.5, meanIoU) and writes results, predictions and pictures to the work directory.
 """
 
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=int, default=120, help="test expressions scored (same-category scenes)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--base", default="base", help="base model directory ('base': the packaged one)")
+    p.add_argument("--train-vision", action="store_true",
+                   help="also train the vision tower during CoT-SFT (the packaged base was pretrained with its "
+                        "vision tower frozen at its random initialization, see configs/base_pretrain.py)")
     p.set_defaults(func=run)
 
 
@@ -54,8 +58,6 @@ def shares_category(record) -> bool:
 
 
 def run(args) -> int:
-    import dataclasses
-
     import numpy as np
 
     from ..data import load_split
@@ -81,9 +83,7 @@ def run(args) -> int:
               "starts from random weights of the tiny preset, so its numbers show the pipeline, not the method.")
     data = os.path.join(args.workdir, "data")
     if not os.path.isdir(os.path.join(data, "Annotations")):
-        synth = dataclasses.replace(PRESETS["tiny"], image_size=(112, 168), num_categories=(1, 2),
-                                    instances_per_category=(2, 3))
-        summary = generate_dataset(data, args.num_images, seed=args.seed, config=synth)
+        summary = generate_dataset(data, args.num_images, seed=args.seed, config=PRESETS["demo"])
         print(f"[{time.time() - t0:5.0f}s] generated {summary.num_images} synthetic scenes "
               f"({summary.num_expressions} expressions) in {data}")
     train, test = load_split(data, "train"), load_split(data, "test")
@@ -124,9 +124,11 @@ def run(args) -> int:
     pl = sft_pipeline(train, tok, proc, PipelineConfig(batch_size=args.batch_size, length_buckets=(256, 320, 384),
                                                        seed=args.seed, on_overflow="skip", answer_style="cot"),
                       template=cot_template)
-    tx = make_optimizer(OptimConfig(lr=args.lr, warmup_steps=min(20, args.steps // 10), total_steps=args.steps))
+    freeze = not args.train_vision
+    tx = make_optimizer(OptimConfig(lr=args.lr, warmup_steps=min(20, args.steps // 10), total_steps=args.steps,
+                                    freeze_vision=freeze))
     res = run_sft(model, pl, tx, LoopConfig(total_steps=args.steps, log_every=25, checkpoint_every=max(args.steps, 1)),
-                  os.path.join(args.workdir, "cot_sft"), resume=True)
+                  os.path.join(args.workdir, "cot_sft"), resume=True, freeze_vision=freeze)
     last = f", final loss {res.history[-1]['loss']:.3f}" if res.history else " (already done: resumed at the end)"
     print(f"[{time.time() - t0:5.0f}s] CoT-SFT: {args.steps} steps{last}")
     ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=320,

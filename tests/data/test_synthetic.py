@@ -18,7 +18,7 @@ from rsground_jax.data.synthetic import Cue, SceneObject
 
 @pytest.mark.parametrize(
     "preset,num_images",
-    [("tiny", 600), ("small", 160), ("dior", 20)],
+    [("tiny", 600), ("demo", 200), ("small", 160), ("dior", 20)],
 )
 def test_every_expression_identifies_exactly_its_object(preset, num_images):
     """Property: parse each expression back and evaluate it on the scene's boxes, with no margins."""
