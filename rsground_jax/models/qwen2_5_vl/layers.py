@@ -46,27 +46,23 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                      kv_layout: str = "bskh") -> jax.Array:
     """Softmax attention with grouped kv heads.
 
     Args:
-      q: [b, t, k, g, h]; k, v: [b, s, k, h]; mask: bool, broadcastable to [b, k, g, t, s].
+      q: [b, t, k, g, h]; k, v: [b, s, k, h] (`kv_layout="bskh"`) or [b, k, s, h] (`"bksh"`, the KV cache's
+        head-major layout); mask: bool, broadcastable to [b, k, g, t, s].
     Returns:
       [b, t, k, g, h] in q's dtype. Logits are scaled in the compute dtype and the softmax runs in float32,
       as transformers' eager and SDPA paths do.
     """
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, k) * jnp.asarray(scale, q.dtype)
+    if kv_layout not in ("bskh", "bksh"):
+        raise ValueError(f"kv_layout must be 'bskh' or 'bksh', got {kv_layout!r}")
+    logits = jnp.einsum(f"btkgh,{kv_layout}->bkgts", q, k) * jnp.asarray(scale, q.dtype)
     logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskh->btkgh", probs, v)
-
-
-def grouped_attention_khm(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """`grouped_attention` with keys and values in the KV cache's head-major layout k, v [b, k, s, h]."""
-    logits = jnp.einsum("btkgh,bksh->bkgts", q, k) * jnp.asarray(scale, q.dtype)
-    logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bksh->btkgh", probs, v)
+    return jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, v)
 
 
 @jax.custom_vjp

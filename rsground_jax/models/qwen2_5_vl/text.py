@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from .config import TextConfig
-from .layers import apply_rotary, grouped_attention, grouped_attention_khm, maybe_remat, param, rms_norm, swiglu
+from .layers import apply_rotary, grouped_attention, maybe_remat, param, rms_norm, swiglu
 
 
 @jax.tree_util.register_dataclass
@@ -151,8 +151,8 @@ class TextDecoder(nnx.Module):
                 k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
                 v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
             qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
-            attend = grouped_attention if kv is None else grouped_attention_khm
-            o = attend(qg, k, v, mask, cfg.head_dim**-0.5).reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
+            o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, "bskh" if kv is None else "bksh")
+            o = o.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
             h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
             m = rms_norm(h, lp["mlp_norm"], cfg.rms_norm_eps)
             h = h + swiglu(m, lp["gate"], lp["up"], lp["down"])
