@@ -57,23 +57,17 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
         known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         raise ConfigError(f"unknown config key {key!r} in override {item!r}; known here: {known}")
     try:
-        value = ast.literal_eval(raw)
+        value = _config_dict(ast.literal_eval(raw))
     except (ValueError, SyntaxError):
         value = raw  # a bare string
-    if isinstance(node, (list, tuple)):
-        old = node[int(leaf)]
-    else:
-        old = node[leaf]
-    if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
-        value = _config_dict(value)
-    elif old is not None and not isinstance(value, type(old)):
+    old = node[int(leaf)] if isinstance(node, (list, tuple)) else node[leaf]
+    if old is not None and not isinstance(value, type(old)):
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
             value = type(old)(value)
         else:
             raise ConfigError(f"override {item!r}: {key} is a {type(old).__name__}, got {type(value).__name__}")
-    value = _config_dict(value)
     try:
         if isinstance(node, tuple):
             raise TypeError(f"{'.'.join(parents)} is a tuple; override it whole")

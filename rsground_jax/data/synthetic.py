@@ -154,30 +154,24 @@ class SynthConfig:
         return cls(**data)
 
 
+# The demo of issue 4: 112-224 px (16-64 image tokens at 28 px per token), few large objects, the four most
+# distinct categories.
+_TINY = SynthConfig(
+    image_size=(112, 224),
+    size_step=28,
+    categories=("airplane", "ship", "storagetank", "tenniscourt"),
+    num_categories=(1, 2),
+    instances_per_category=(1, 3),
+    num_distractors=(0, 1),
+    object_size=(0.16, 0.26),
+)
+
 PRESETS: dict[str, SynthConfig] = {
-    # The demo of issue 4: 112-224 px (16-64 image tokens at 28 px per token), few large objects, the four
-    # most distinct categories.
-    "tiny": SynthConfig(
-        image_size=(112, 224),
-        size_step=28,
-        categories=("airplane", "ship", "storagetank", "tenniscourt"),
-        num_categories=(1, 2),
-        instances_per_category=(1, 3),
-        num_distractors=(0, 1),
-        object_size=(0.16, 0.26),
-    ),
-    # `rsground demo` and the base model's last stage: plain ground (no clutter), 112x112, 2-3 instances of a
-    # category told apart by position, maybe one of another category.
-    "demo": SynthConfig(
-        image_size=(112, 112),
-        size_step=28,
-        categories=("airplane", "ship", "storagetank", "tenniscourt"),
-        num_categories=(1, 2),
-        instances_per_category=(2, 3),
-        num_distractors=(0, 1),
-        object_size=(0.2, 0.35),
-        clutter=0.0,
-    ),
+    "tiny": _TINY,
+    # `rsground demo` and the base model's last stage: the tiny preset on plain ground (no clutter), 112x112,
+    # 2-3 instances of a category told apart by position, maybe one of another category.
+    "demo": dataclasses.replace(_TINY, image_size=(112, 112), instances_per_category=(2, 3), object_size=(0.2, 0.35),
+                                clutter=0.0),
     "small": SynthConfig(
         image_size=(224, 448),
         num_categories=(1, 3),
