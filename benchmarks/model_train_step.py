@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from rsground_jax.runtime import hugepages_active, reexec_with_hugepages
+
 # ~50M parameters: text hidden 512 x 10 layers, vision hidden 256 x 8 blocks (2 of them full attention).
 BENCH_CONFIG = dict(
     text=dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=10,
@@ -94,7 +96,7 @@ def bench_train_step(steps, batch):
 
     from rsground_jax.models import ImageProcessor, Qwen25VL, count_params, prepare_inputs, save_pretrained
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     cfg = make_config(BENCH_CONFIG)
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -215,7 +217,9 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--skip-load", action="store_true")
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    reexec_with_hugepages(sys.argv)  # XLA:CPU's per-call temporaries on huge pages, as `rsground` runs
+    print(f"malloc on transparent huge pages: {hugepages_active()} (both sides; RSGROUND_NO_HUGEPAGES=1 turns it off)")
+    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs")
     rate = matmul_rate()
     r = bench_train_step(args.steps, args.batch)
     print(f"model: {r['params'] / 1e6:.1f}M params; batch {r['batch']} x ({r['image_tokens']} image + 130 text) tokens, "

@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rsground_jax.runtime import hugepages_active, reexec_with_hugepages  # noqa: E402
+
 
 def build(name):
     from flax import nnx
@@ -56,6 +58,8 @@ def main():
     ap.add_argument("--models", nargs="+", default=["tiny", "50m"])
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    reexec_with_hugepages(sys.argv)  # XLA:CPU's per-call temporaries on huge pages, as `rsground` runs
+    print(f"malloc on transparent huge pages: {hugepages_active()} (both sides; RSGROUND_NO_HUGEPAGES=1 turns it off)")
 
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -63,8 +67,8 @@ def main():
     from rsground_jax.generate import Sampler, SamplingConfig
     from rsground_jax.models import count_params, save_pretrained
 
-    torch.set_num_threads(os.cpu_count())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.new_tokens} new tokens per sequence, greedy")
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs; {args.new_tokens} new tokens per sequence, greedy")
     print(f"{'model':>6s} {'batch':>5s} {'ours tok/s':>11s} {'hf tok/s':>9s} {'ratio':>6s} {'ours compile s':>15s}")
     rng = np.random.default_rng(0)
     for name in args.models:

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `rsground` command itself: restart once with malloc on huge pages (see runtime.py)
+        from ..runtime import reexec_with_hugepages
+
+        reexec_with_hugepages(["-m", "rsground_jax.cli.main", *sys.argv[1:]])
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--config.key=value` overrides (ml_collections style) become positional key=value overrides
