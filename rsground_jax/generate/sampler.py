@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..models.qwen2_5_vl.layers import argmax_first
 from ..models.qwen2_5_vl.model import Qwen25VL
 from ..models.qwen2_5_vl.text import KVCache
 
@@ -54,8 +55,10 @@ def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
 
 def _pick(logits: jax.Array, cfg: SamplingConfig, key) -> jax.Array:
     if cfg.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, _filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
+        return argmax_first(logits)
+    # Gumbel-max, as jax.random.categorical draws (same key, same draw), with the faster argmax
+    filtered = _filter_logits(logits, cfg)
+    return argmax_first(filtered + jax.random.gumbel(key, filtered.shape, filtered.dtype))
 
 
 def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfig):
@@ -71,6 +74,7 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
     start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [b]
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     layers = model.text.layer_params()  # sliced once here, not once per token inside the loop
+    cache = cache.per_layer()  # likewise: each layer's own buffer, read and updated in place
 
     key, sub = jax.random.split(key)
     first = _pick(logits[:, -1], cfg, sub)

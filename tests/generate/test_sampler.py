@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from rsground_jax.generate import Sampler, SamplingConfig
-from rsground_jax.generate.sampler import _filter_logits
+from rsground_jax.generate.sampler import _filter_logits, _pick
 from rsground_jax.models import Qwen25VL, prepare_inputs
 from rsground_jax.models.qwen2_5_vl import tiny
 
@@ -86,3 +86,14 @@ def test_sampling_respects_top_k_and_top_p(rng):
     a, _ = Sampler(model)(batch, cfg, jax.random.key(1))
     b, _ = Sampler(model)(batch, cfg, jax.random.key(1))
     np.testing.assert_array_equal(a, b)  # deterministic for a key
+
+
+def test_sampled_token_is_jax_categorical_draw(rng):
+    """`_pick` draws exactly what `jax.random.categorical` draws from the filtered logits with the same key."""
+    logits = jnp.asarray(rng.normal(size=(16, 300)) * 2, jnp.float32)
+    for cfg in (SamplingConfig(temperature=0.7), SamplingConfig(temperature=1.0, top_k=20, top_p=0.9)):
+        for seed in range(5):
+            key = jax.random.key(int(rng.integers(2**31)) + seed)
+            want = jax.random.categorical(key, _filter_logits(logits, cfg), axis=-1)
+            np.testing.assert_array_equal(_pick(logits, cfg, key), want)
+    np.testing.assert_array_equal(_pick(logits, SamplingConfig(), None), jnp.argmax(logits, -1))

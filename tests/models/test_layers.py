@@ -1,10 +1,10 @@
-"""Hand-written gradients in the building blocks agree with autodiff of the plain expressions."""
+"""Hand-written gradients and CPU-friendly forms in the building blocks agree with the plain expressions."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsground_jax.models.qwen2_5_vl.layers import silu_mul
+from rsground_jax.models.qwen2_5_vl.layers import argmax_first, grouped_attention, silu_mul
 
 
 def test_silu_mul_gradient_matches_autodiff(rng):
@@ -16,3 +16,31 @@ def test_silu_mul_gradient_matches_autodiff(rng):
     np.testing.assert_array_equal(silu_mul(g, u), jax.nn.silu(g) * u)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_argmax_first_equals_argmax_with_ties_and_nan(rng):
+    x = rng.integers(-3, 4, size=(64, 37)).astype(np.float32)  # small integers: many tied maxima
+    x[5, 11] = np.nan
+    x[9, [2, 30]] = np.nan
+    x[12] = -np.inf
+    x[13, :] = -np.inf
+    x[13, 20] = 1.0
+    np.testing.assert_array_equal(argmax_first(jnp.asarray(x)), np.argmax(x, axis=-1))
+    y = rng.normal(size=(3, 5, 1000)).astype(np.float32)
+    np.testing.assert_array_equal(argmax_first(jnp.asarray(y)), np.argmax(y, axis=-1))
+
+
+def test_decode_attention_equals_the_matmul_form(rng):
+    b, k, g, s, h = 3, 2, 3, 17, 8
+    q = jnp.asarray(rng.normal(size=(b, 1, k, g, h)), jnp.float32)
+    keys = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+    vals = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+    mask = jnp.asarray(rng.random((b, 1, 1, 1, s)) < 0.7).at[:, ..., 0].set(True)
+    got = grouped_attention(q, keys, vals, mask, h**-0.5, "bksh")  # one query: the multiply-reduce form
+    logits = jnp.einsum("btkgh,bksh->bkgts", q, keys, precision="highest") * h**-0.5
+    probs = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
+    ref = jnp.einsum("bkgts,bksh->btkgh", probs, vals, precision="highest")
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # two queries take the matmul path; its first query row equals the one-query result
+    q2 = jnp.concatenate([q, q], axis=1)
+    np.testing.assert_allclose(grouped_attention(q2, keys, vals, mask, h**-0.5, "bksh")[:, :1], got, rtol=1e-5, atol=1e-6)

@@ -59,10 +59,34 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     """
     if kv_layout not in ("bskh", "bksh"):
         raise ValueError(f"kv_layout must be 'bskh' or 'bksh', got {kv_layout!r}")
+    if q.shape[1] == 1 and kv_layout == "bksh":
+        return _decode_attention(q, k, v, mask, scale)
     logits = jnp.einsum(f"btkgh,{kv_layout}->bkgts", q, k) * jnp.asarray(scale, q.dtype)
     logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, v)
+
+
+def _decode_attention(q, k, v, mask, scale):
+    """`grouped_attention` for one query per sequence over a head-major cache, as broadcast multiplies and
+    reductions: as batched matmuls these are batch*kv_heads products of [g, h] x [h, s], which XLA:CPU runs
+    2.5x slower (measured: 171 against 64 us at batch 32, 2 kv heads, 100 slots). Products and sums in float32."""
+    qf = jnp.moveaxis(q, 1, 3).astype(jnp.float32)  # [b, k, g, 1, h]
+    logits = jnp.sum(qf[..., None, :] * k.astype(jnp.float32)[:, :, None, None], axis=-1)  # [b, k, g, 1, s]
+    logits = jnp.where(mask, logits * jnp.float32(scale), NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.sum(probs[..., None] * v.astype(jnp.float32)[:, :, None, None], axis=-2)  # [b, k, g, 1, h]
+    return jnp.moveaxis(out, 3, 1).astype(q.dtype)
+
+
+def argmax_first(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, -1)` (first index of the maximum, NaN counting as the maximum) as a max and a min
+    reduction: XLA:CPU's variadic (value, index) reduce of argmax ran 5-10x slower (158 against 29 us for
+    [32, 1024]; 1,171 against 122 us for [32, 8192])."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == top) | jnp.isnan(x)
+    idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(hit, idx, x.shape[-1]), axis=-1)
 
 
 @jax.custom_vjp

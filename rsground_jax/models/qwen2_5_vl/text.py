@@ -21,16 +21,21 @@ from .layers import apply_rotary, grouped_attention, maybe_remat, param, rms_nor
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys/values of every layer: k, v [layers, batch, kv_heads, max_len, head_dim];
-    valid [batch, max_len] bool marks slots holding a real (non-padding) token.
+    """Keys/values of every layer and the slots that hold real tokens.
+
+    k, v: either stacked, [layers, batch, kv_heads, max_len, head_dim] (what the scanned decoder reads and
+    `init` makes), or per layer, a tuple of `layers` arrays [batch, kv_heads, max_len, head_dim]
+    (`per_layer()`, what the unrolled decode path reads: each layer then reads and updates its own buffer
+    in place, where a slice of the stacked array would be copied out for every layer and token).
+    valid: [batch, max_len] bool.
 
     Heads come before slots so that each decoded token's attention reads a layer's keys and values in the
     layout its batched matmuls want (batch and head as batch dimensions): no transposing copy of the cache
     per layer and token.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     valid: jax.Array
 
     @classmethod
@@ -39,8 +44,19 @@ class KVCache:
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), bool))
 
     @property
+    def is_per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
+
+    def per_layer(self) -> "KVCache":
+        """The same cache as one array per layer (a copy, once; a per-layer cache is returned as it is)."""
+        if self.is_per_layer:
+            return self
+        return KVCache(tuple(self.k[i] for i in range(self.k.shape[0])), tuple(self.v[i] for i in range(self.v.shape[0])),
+                       self.valid)
+
+    @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.valid.shape[1]
 
 
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -112,6 +128,8 @@ class TextDecoder(nnx.Module):
           attention_mask: [b, t] 1 for real tokens, 0 for padding.
           cache: if given, the t new tokens are written at slots [cache_index, cache_index + t) and attend to
             every valid slot up to their own; otherwise plain causal self-attention over x.
+          layers: `layer_params()`, to run the layers unrolled (the decode path); the cache then comes back
+            per layer (`KVCache.per_layer`, converted once if a stacked one is passed in).
         Returns:
           (hidden [b, t, d] after the final norm, updated cache or None).
         """
@@ -140,16 +158,22 @@ class TextDecoder(nnx.Module):
             q = apply_rotary(q, cos, sin)
             k = apply_rotary(k, cos, sin)
             if kv is not None:
-                # write the new keys/values into this layer's slice of the whole cache (in place: the cache is
-                # a loop carry, so no copy of it is made per layer or per decoded token), then read the slice
+                # write the new keys/values into this layer's cache in place (the cache is a loop carry, so no
+                # copy of it is made per layer or per decoded token), then attend over all of its slots.
+                # `i` indexes the stacked [layers, ...] arrays of the scanned path; None: the layer's own arrays.
                 ck, cv, i = kv
-                k_new = jnp.swapaxes(k, 1, 2).astype(ck.dtype)[None]  # [1, b, kv_heads, t, h]
-                v_new = jnp.swapaxes(v, 1, 2).astype(cv.dtype)[None]
-                ck = jax.lax.dynamic_update_slice(ck, k_new, (i, 0, 0, cache_index, 0))
-                cv = jax.lax.dynamic_update_slice(cv, v_new, (i, 0, 0, cache_index, 0))
+                k_new = jnp.swapaxes(k, 1, 2).astype(ck.dtype)  # [b, kv_heads, t, h]
+                v_new = jnp.swapaxes(v, 1, 2).astype(cv.dtype)
+                if i is None:
+                    ck = jax.lax.dynamic_update_slice(ck, k_new, (0, 0, cache_index, 0))
+                    cv = jax.lax.dynamic_update_slice(cv, v_new, (0, 0, cache_index, 0))
+                    k, v = ck.astype(dt), cv.astype(dt)
+                else:
+                    ck = jax.lax.dynamic_update_slice(ck, k_new[None], (i, 0, 0, cache_index, 0))
+                    cv = jax.lax.dynamic_update_slice(cv, v_new[None], (i, 0, 0, cache_index, 0))
+                    k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
+                    v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
                 kv = (ck, cv)
-                k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
-                v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
             qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
             o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, "bskh" if kv is None else "bksh")
             o = o.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
@@ -171,12 +195,16 @@ class TextDecoder(nnx.Module):
                 return (h, ck, cv), None
 
             if layers is None:
+                if cache.is_per_layer:
+                    raise ValueError("a per-layer KVCache is read by the unrolled path: pass layers=layer_params()")
                 layer_ids = jnp.arange(cfg.num_hidden_layers)
                 (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, layer_ids))
             else:
-                ks, vs = cache.k, cache.v
+                per_layer = cache.per_layer()
+                ks, vs = list(per_layer.k), list(per_layer.v)
                 for i, lp in enumerate(layers):
-                    (x, ks, vs), _ = body((x, ks, vs), (lp, i))
+                    x, (ks[i], vs[i]) = layer(x, lp, (ks[i], vs[i], None))
+                ks, vs = tuple(ks), tuple(vs)
             new_cache = KVCache(ks, vs, key_valid)
         return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
 
