@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and results go")
     p.add_argument("--num-images", type=int, default=500, help="synthetic images to generate")
-    p.add_argument("--steps", type=int, default=300, help="CoT-SFT steps")
+    p.add_argument("--steps", type=int, default=600, help="CoT-SFT steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-images", type=int, default=120, help="test expressions scored (same-category scenes)")
