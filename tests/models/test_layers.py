@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rsground_jax.models.qwen2_5_vl.layers import argmax_first, grouped_attention, silu_mul
 
@@ -41,6 +42,13 @@ def test_decode_attention_equals_the_matmul_form(rng):
     probs = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
     ref = jnp.einsum("bkgts,bksh->btkgh", probs, vals, precision="highest")
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # the per-layer decode cache keeps keys transposed, [b, k, h, s]: same result, for one query and for two
+    keys_t = jnp.swapaxes(keys, 2, 3)
+    np.testing.assert_allclose(grouped_attention(q, keys_t, vals, mask, h**-0.5, "bkhs"), ref, rtol=1e-5, atol=1e-6)
     # two queries take the matmul path; its first query row equals the one-query result
     q2 = jnp.concatenate([q, q], axis=1)
     np.testing.assert_allclose(grouped_attention(q2, keys, vals, mask, h**-0.5, "bksh")[:, :1], got, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grouped_attention(q2, keys_t, vals, mask, h**-0.5, "bkhs")[:, :1], got, rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="kv_layout"):
+        grouped_attention(q, keys, vals, mask, h**-0.5, "bhks")

@@ -46,33 +46,49 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
 
 
+# Key and value layouts `grouped_attention` reads: (keys, values).
+KV_LAYOUTS = {
+    "bskh": ("bskh", "bskh"),  # sequence-major, as the projections produce them (training, full forward)
+    "bksh": ("bksh", "bksh"),  # head-major: the stacked KV cache of the scanned decoder
+    "bkhs": ("bkhs", "bksh"),  # keys transposed to [b, k, h, s]: the per-layer cache of the decode path
+}
+
+
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
                       kv_layout: str = "bskh") -> jax.Array:
     """Softmax attention with grouped kv heads.
 
     Args:
-      q: [b, t, k, g, h]; k, v: [b, s, k, h] (`kv_layout="bskh"`) or [b, k, s, h] (`"bksh"`, the KV cache's
-        head-major layout); mask: bool, broadcastable to [b, k, g, t, s].
+      q: [b, t, k, g, h]; k, v: as `kv_layout` names them (`KV_LAYOUTS`): both [b, s, k, h] ("bskh"), both
+        [b, k, s, h] ("bksh", the stacked cache's head-major layout), or keys [b, k, h, s] and values
+        [b, k, s, h] ("bkhs", the per-layer decode cache); mask: bool, broadcastable to [b, k, g, t, s].
     Returns:
       [b, t, k, g, h] in q's dtype. Logits are scaled in the compute dtype and the softmax runs in float32,
       as transformers' eager and SDPA paths do.
     """
-    if kv_layout not in ("bskh", "bksh"):
-        raise ValueError(f"kv_layout must be 'bskh' or 'bksh', got {kv_layout!r}")
-    if q.shape[1] == 1 and kv_layout == "bksh":
-        return _decode_attention(q, k, v, mask, scale)
-    logits = jnp.einsum(f"btkgh,{kv_layout}->bkgts", q, k) * jnp.asarray(scale, q.dtype)
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {sorted(KV_LAYOUTS)}, got {kv_layout!r}")
+    k_layout, v_layout = KV_LAYOUTS[kv_layout]
+    if q.shape[1] == 1 and kv_layout != "bskh":
+        return _decode_attention(q, k, v, mask, scale, keys_transposed=kv_layout == "bkhs")
+    logits = jnp.einsum(f"btkgh,{k_layout}->bkgts", q, k) * jnp.asarray(scale, q.dtype)
     logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, v)
+    return jnp.einsum(f"bkgts,{v_layout}->btkgh", probs, v)
 
 
-def _decode_attention(q, k, v, mask, scale):
+def _decode_attention(q, k, v, mask, scale, keys_transposed: bool):
     """`grouped_attention` for one query per sequence over a head-major cache, as broadcast multiplies and
     reductions: as batched matmuls these are batch*kv_heads products of [g, h] x [h, s], which XLA:CPU runs
-    2.5x slower (measured: 171 against 64 us at batch 32, 2 kv heads, 100 slots). Products and sums in float32."""
+    2.5x slower (measured: 171 against 64 us at batch 32, 2 kv heads, 100 slots). With the keys transposed to
+    [b, k, h, s] the logits reduce over a major axis and vectorize over the slots, 2x faster again (62 against
+    32 us there). Products and sums in float32."""
     qf = jnp.moveaxis(q, 1, 3).astype(jnp.float32)  # [b, k, g, 1, h]
-    logits = jnp.sum(qf[..., None, :] * k.astype(jnp.float32)[:, :, None, None], axis=-1)  # [b, k, g, 1, s]
+    kf = k.astype(jnp.float32)[:, :, None, None]
+    if keys_transposed:  # k [b, k, h, s]
+        logits = jnp.sum(qf[..., :, None] * kf, axis=-2)  # [b, k, g, 1, s]
+    else:  # k [b, k, s, h]
+        logits = jnp.sum(qf[..., None, :] * kf, axis=-1)
     logits = jnp.where(mask, logits * jnp.float32(scale), NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.sum(probs[..., None] * v.astype(jnp.float32)[:, :, None, None], axis=-2)  # [b, k, g, 1, h]

@@ -24,9 +24,11 @@ class KVCache:
     """Keys/values of every layer and the slots that hold real tokens.
 
     k, v: either stacked, [layers, batch, kv_heads, max_len, head_dim] (what the scanned decoder reads and
-    `init` makes), or per layer, a tuple of `layers` arrays [batch, kv_heads, max_len, head_dim]
-    (`per_layer()`, what the unrolled decode path reads: each layer then reads and updates its own buffer
-    in place, where a slice of the stacked array would be copied out for every layer and token).
+    `init` makes), or per layer (`per_layer()`, what the unrolled decode path reads): tuples of `layers`
+    arrays, keys [batch, kv_heads, head_dim, max_len] and values [batch, kv_heads, max_len, head_dim]. Each
+    layer then reads and updates its own buffer in place, where a slice of the stacked array would be copied
+    out for every layer and token, and a decoded token's logits reduce over head_dim with the slots as the
+    vectorized axis (`layers.KV_LAYOUTS["bkhs"]`).
     valid: [batch, max_len] bool.
 
     Heads come before slots so that each decoded token's attention reads a layer's keys and values in the
@@ -48,11 +50,12 @@ class KVCache:
         return isinstance(self.k, tuple)
 
     def per_layer(self) -> "KVCache":
-        """The same cache as one array per layer (a copy, once; a per-layer cache is returned as it is)."""
+        """The same cache as one array per layer, keys transposed (a copy, once; a per-layer cache is returned
+        as it is)."""
         if self.is_per_layer:
             return self
-        return KVCache(tuple(self.k[i] for i in range(self.k.shape[0])), tuple(self.v[i] for i in range(self.v.shape[0])),
-                       self.valid)
+        return KVCache(tuple(jnp.swapaxes(self.k[i], 2, 3) for i in range(self.k.shape[0])),
+                       tuple(self.v[i] for i in range(self.v.shape[0])), self.valid)
 
     @property
     def max_len(self) -> int:
@@ -175,6 +178,7 @@ class TextDecoder(nnx.Module):
                 v = jnp.einsum("btd,dkh->btkh", a, lp["v"].astype(dt)) + lp["v_bias"].astype(dt)
             q = apply_rotary(q, cos, sin)
             k = apply_rotary(k, cos, sin)
+            layout = "bskh"
             if kv is not None:
                 # write the new keys/values into this layer's cache in place (the cache is a loop carry, so no
                 # copy of it is made per layer or per decoded token), then attend over all of its slots.
@@ -182,18 +186,20 @@ class TextDecoder(nnx.Module):
                 ck, cv, i = kv
                 k_new = jnp.swapaxes(k, 1, 2).astype(ck.dtype)  # [b, kv_heads, t, h]
                 v_new = jnp.swapaxes(v, 1, 2).astype(cv.dtype)
-                if i is None:
-                    ck = jax.lax.dynamic_update_slice(ck, k_new, (0, 0, cache_index, 0))
+                if i is None:  # keys [b, kv_heads, h, slots]
+                    layout = "bkhs"
+                    ck = jax.lax.dynamic_update_slice(ck, jnp.swapaxes(k_new, 2, 3), (0, 0, 0, cache_index))
                     cv = jax.lax.dynamic_update_slice(cv, v_new, (0, 0, cache_index, 0))
                     k, v = ck.astype(dt), cv.astype(dt)
                 else:
+                    layout = "bksh"
                     ck = jax.lax.dynamic_update_slice(ck, k_new[None], (i, 0, 0, cache_index, 0))
                     cv = jax.lax.dynamic_update_slice(cv, v_new[None], (i, 0, 0, cache_index, 0))
                     k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
                     v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
                 kv = (ck, cv)
             qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
-            o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, "bskh" if kv is None else "bksh")
+            o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, layout)
             o = o.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
             h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
             m = rms_norm(h, lp["mlp_norm"], cfg.rms_norm_eps)
