@@ -9,7 +9,7 @@ Config fields (see `configs/`):
   max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
   eval_images: validation records scored after each stage (0 to skip)
   stages: list of {name, steps, batch_size, lr, warmup_steps, end_lr_fraction (cosine floor; 1 = constant),
-          freeze_vision, accum_steps and either
+          freeze_vision, vision_lr_scale (the tower's rate as a fraction of lr), accum_steps and either
           synth (a synthetic preset + SynthConfig overrides) with num_images, or data_root (+ data_format)}
 Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
 """
@@ -56,7 +56,7 @@ def _tokenizer_of_init(init: str) -> str:
 
 def tiny_for(tokenizer, **options) -> "Qwen25VLConfig":  # noqa: F821
     """The tiny preset with the tokenizer's vocabulary and special ids; `options` go to `tiny()`
-    (text_layers, vision_depth, rope_theta, tie_word_embeddings)."""
+    (text_layers, vision_depth, rope_theta, mrope_section, tie_word_embeddings)."""
     sp = special_token_ids(tokenizer)
     return tiny(vocab_size=sp.vocab_size, image_token_id=sp.image_pad, vision_start_token_id=sp.vision_start,
                 vision_end_token_id=sp.vision_end, eos_token_id=sp.im_end, bos_token_id=sp.pad,
@@ -152,7 +152,8 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
             answer_style=cfg.answer_style), template=template)
         opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
                           end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
-                          freeze_vision=bool(st.get("freeze_vision", False)))
+                          freeze_vision=bool(st.get("freeze_vision", False)),
+                          vision_lr_scale=float(st.get("vision_lr_scale", 1.0)))
         ts = time.time()
         res = run_sft(model, pl, make_optimizer(opt),
                       LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), log_every=50,

@@ -1,5 +1,6 @@
 """The optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, weight decay on matrices
-only, and an optional frozen vision tower (its updates are exactly zero and it keeps no Adam moments)."""
+only, and an optional frozen vision tower (its updates are exactly zero and it keeps no Adam moments) or a
+vision tower trained at a fraction of the decoder's learning rate (`vision_lr_scale`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
     freeze_vision: bool = False
+    # The vision tower's learning rate as a fraction of `lr` (same warmup and decay). Why: from random weights
+    # Adam gives the tower's small, uninformative early gradients full-size steps and its output drifts to a
+    # near-constant vector the decoder learns to ignore (docs/base_model.md); a smaller rate lets the decoder
+    # learn to read the features before they move. Ignored when `freeze_vision`.
+    vision_lr_scale: float = 1.0
 
 
 def schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -50,12 +56,24 @@ def _is_vision(params):
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    if not cfg.vision_lr_scale > 0:
+        raise ValueError(f"vision_lr_scale={cfg.vision_lr_scale}: must be > 0 (use freeze_vision to freeze)")
     chain = []
     if cfg.clip_norm is not None:
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    chain.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             mask=_decay_mask))
-    tx = optax.chain(*chain)
+
+    def adamw(sched):
+        return optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                           mask=_decay_mask)
+
     if cfg.freeze_vision:
-        tx = optax.multi_transform({"vision": optax.set_to_zero(), "rest": tx}, _is_vision)
-    return tx
+        return optax.multi_transform({"vision": optax.set_to_zero(), "rest": optax.chain(*chain, adamw(schedule(cfg)))},
+                                     _is_vision)
+    if cfg.vision_lr_scale != 1.0:
+        # clipped on the global norm of all gradients first, as without the split
+        base = schedule(cfg)
+        chain.append(optax.multi_transform(
+            {"vision": adamw(lambda step: base(step) * cfg.vision_lr_scale), "rest": adamw(base)}, _is_vision))
+        return optax.chain(*chain)
+    chain.append(adamw(schedule(cfg)))
+    return optax.chain(*chain)

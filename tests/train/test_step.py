@@ -135,3 +135,26 @@ def test_weight_decay_applies_to_matrices_only(rng):
     assert any("q_ldnh" in k for k in decayed) and any("patch_embed_pc" in k for k in decayed)
     assert not any("norm" in k or "bias" in k for k in decayed), sorted(decayed)
     assert any("norm1_lc" in k for k in flat) and any("qkv_bias_l3nh" in k for k in flat)
+
+
+def test_vision_lr_scale_scales_only_the_vision_updates(rng):
+    """Adam's first step moves every parameter by lr * g / (|g| + eps): with `vision_lr_scale` the tower's
+    updates are that fraction of the unscaled run's, the decoder's are unchanged, and clipping still acts on
+    the global norm of all gradients (the same clipped gradients reach both groups)."""
+    params = {"vision": {"w_dd": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)},
+              "text": {"w_dd": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 5.0, jnp.float32), params)
+
+    def first_update(**kw):
+        tx = make_optimizer(OptimConfig(lr=1e-2, total_steps=10, eps=1e-3, **kw))
+        return tx.update(grads, tx.init(params), params)[0]
+
+    full, scaled = first_update(), first_update(vision_lr_scale=0.1)
+    np.testing.assert_allclose(scaled["vision"]["w_dd"], 0.1 * full["vision"]["w_dd"], rtol=1e-6)
+    np.testing.assert_allclose(scaled["text"]["w_dd"], full["text"]["w_dd"], rtol=1e-6)
+    assert float(jnp.abs(full["vision"]["w_dd"]).max()) > 0
+    # eps = 1e-3 is not negligible next to the clipped gradients, so the update shows the clipping:
+    unclipped = first_update(clip_norm=None, vision_lr_scale=0.1)
+    assert not np.allclose(unclipped["text"]["w_dd"], scaled["text"]["w_dd"])
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        make_optimizer(OptimConfig(vision_lr_scale=0.0))
