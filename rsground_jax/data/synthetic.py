@@ -95,6 +95,9 @@ class SynthConfig:
     clutter: how much of the ground's detail (fields, roads, water, texture) shows, from 0 (flat ground of
         the palette's base colour, for the first steps of a curriculum) to 1 (the full scene). The random
         draws are the same for every value, so only the ground's look changes.
+    palettes: the ground palettes to draw from (names of `_PALETTES`: vegetation, arid, urban, mixed); empty:
+        all of them. With one palette and no clutter every image has the same ground colour (the first stage
+        of the base model's curriculum).
     """
 
     image_size: tuple[int, int] = (112, 224)
@@ -117,6 +120,7 @@ class SynthConfig:
     max_expressions: int | None = None
     jpeg_quality: int = 90
     clutter: float = 1.0
+    palettes: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in self.categories:
@@ -137,6 +141,9 @@ class SynthConfig:
             raise ValueError(f"size_variation must be >= 1, got {self.size_variation}")
         if not 0.0 <= self.clutter <= 1.0:
             raise ValueError(f"SynthConfig.clutter must lie in [0, 1], got {self.clutter}")
+        for name in self.palettes:
+            if name not in _PALETTES:
+                raise ValueError(f"unknown ground palette {name!r}; known: {sorted(_PALETTES)}")
         if not 0 < self.object_size[1] <= 0.6:
             raise ValueError(f"object_size fractions must lie in (0, 0.6], got {self.object_size}")
 
@@ -146,7 +153,8 @@ class SynthConfig:
     @classmethod
     def from_json(cls, data: dict) -> "SynthConfig":
         data = dict(data)
-        for k in ("image_size", "num_categories", "instances_per_category", "num_distractors", "object_size", "categories"):
+        for k in ("image_size", "num_categories", "instances_per_category", "num_distractors", "object_size", "categories",
+                  "palettes"):
             if k in data:
                 data[k] = tuple(data[k])
         if "cue_weights" in data:
@@ -615,7 +623,8 @@ def generate_image(config: SynthConfig, seed: int, index: int) -> SynthImage:
             wanted.append((cat, rng.uniform(*config.object_size) * short * CATEGORIES[cat].size_factor))
     wanted.sort(key=lambda cs: -cs[1])
 
-    palette_name = list(_PALETTES)[int(rng.integers(len(_PALETTES)))]
+    palette_names = list(config.palettes or _PALETTES)
+    palette_name = palette_names[int(rng.integers(len(palette_names)))]
     base_color, field_colors = _PALETTES[palette_name]
     canvas = Image.new("RGB", (width, height), base_color)
     draw = ImageDraw.Draw(canvas)

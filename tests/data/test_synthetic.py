@@ -218,3 +218,18 @@ def test_generator_speed_tiny():
         S.generate_image(S.PRESETS["tiny"], 9, i)
     rate = 50 / (time.perf_counter() - t)
     assert rate > 40, f"{rate:.0f} images/s"  # hundreds/s on a free core; loose bound for a busy CI machine
+
+
+def test_one_palette_gives_every_image_the_same_ground():
+    every = dataclasses.replace(S.PRESETS["demo"], clutter=0.0)
+    urban = dataclasses.replace(every, palettes=("urban",))
+    corners = set()
+    for index in range(8):
+        b = S.generate_image(urban, 5, index)
+        corners.add(tuple(int(v) for v in b.image[0, 0])), corners.add(tuple(int(v) for v in b.image[-1, -1]))
+    # objects avoid the corners often enough; shadows darken the ground, so allow the corners of a few images
+    assert (128, 126, 122) in corners and len(corners) <= 4, corners
+    assert len({tuple(int(v) for v in S.generate_image(every, 5, i).image[0, 0]) for i in range(8)}) > 1
+    with pytest.raises(ValueError, match="unknown ground palette 'desert'"):
+        dataclasses.replace(every, palettes=("desert",))
+    assert S.SynthConfig.from_json(urban.to_json()) == urban
