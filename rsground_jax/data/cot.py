@@ -17,8 +17,8 @@ What the reasoning says:
     the 3x3 cell the target's centre lies in, with its pixel span. The trace never states a region the
     target is not in.
   * the candidates where the record knows them (the annotated objects of the target's category; all
-    annotated objects when the format has no categories), at most `MAX_CANDIDATES`, with the evidence the
-    cue needs (order along the axis, areas, which lie beyond the anchor);
+    annotated objects when the format has no categories), top to bottom, at most `MAX_CANDIDATES`, with
+    the evidence the cue needs (order along the axis, areas, which lie beyond the anchor);
   * the conclusion with the box.
 Each step has several phrasings; `seed` (an int or a sequence such as `[base_seed, record_index]`) picks
 them, so a record's text is reproducible.
@@ -142,6 +142,9 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed) -> CotTar
         candidates = [o for o in objects if o.category == record.category]
     else:
         candidates = list(objects)
+    # Listed top to bottom (centre y, then x), about the order in which their image tokens reach the decoder
+    # (row by row), rather than in annotation order, which carries nothing the model could learn to reproduce.
+    candidates.sort(key=_reading_order)
 
     steps = [pick(f"The image is {rw}x{rh} pixels.", f"The image measures {rw} by {rh} pixels.", f"Working in the {rw}x{rh} pixel frame.")]
     if cue is None:
@@ -151,6 +154,10 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed) -> CotTar
     steps.append(pick(f"The target is {fmt(answer)}.", f"So the answer is {fmt(answer)}.", f"That gives {fmt(answer)}."))
     text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
     return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
+
+
+def _reading_order(obj: AnnotatedObject) -> tuple[float, float]:
+    return obj.box[1] + obj.box[3], obj.box[0] + obj.box[2]
 
 
 def _span(bounds) -> str:
@@ -179,7 +186,7 @@ def _free_steps(record, candidates, noun, rw, rh, rbox, fmt, pick, answer) -> li
     region = named if named is not None and synthetic.in_region((cx, cy), named, rw, rh) else _CELL_NAMES[synthetic.grid_cell((cx, cy), rw, rh)]
     steps = [_region_sentence(region, rw, rh, pick, noun)]
     if len(candidates) > 1:
-        ordered = sorted(candidates, key=lambda o: (o.box[1] + o.box[3], o.box[0] + o.box[2]))
+        ordered = candidates
         word = plural(noun) if noun != "target" else "annotated objects"
         steps.append(pick(f"There are {len(candidates)} {word}: {_list_boxes(ordered, rbox, fmt)}.", f"Candidates: {_list_boxes(ordered, rbox, fmt)}."))
         steps.append(pick(f"The one matching the description, in that region, is {fmt(answer)}.", f"Only {fmt(answer)} fits the description and the position."))

@@ -141,3 +141,24 @@ def test_region_bounds_match_the_resolver_cells():
     for region in S.REGIONS:
         x1, y1, x2, y2 = S.region_bounds(region, 300, 300)
         assert S.in_region(((x1 + x2) / 2, (y1 + y2) / 2), region, 300, 300)
+
+
+def test_candidates_are_listed_top_to_bottom(synth_root):
+    """The candidate list (absolute and relative cues list every object of the category) runs top to bottom
+    by box centre, whatever order the annotation gives them in."""
+    from rsground_jax.data import load_split
+
+    p = ImageProcessor()
+    checked = 0
+    for i, r in enumerate(load_split(synth_root, "train")):
+        cot = make_cot(r, p, [0, i])
+        m = re.search(r"(?:Candidates: |There are \d+ [a-z ]+: )((?:\[\d+, \d+, \d+, \d+\](?:, )?)+)", cot.text)
+        if m is None or cot.cue_kind not in ("absolute", "relative"):
+            continue
+        boxes = [tuple(map(int, b)) for b in re.findall(r"\[(\d+), (\d+), (\d+), (\d+)\]", m.group(1))]
+        same = [o for o in r.all_objects() if o.category == r.category]
+        assert len(boxes) == min(len(same), 8)
+        keys = [(b[1] + b[3], b[0] + b[2]) for b in boxes]
+        assert keys == sorted(keys), cot.text
+        checked += 1
+    assert checked >= 5
