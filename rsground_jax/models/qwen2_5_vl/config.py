@@ -305,6 +305,7 @@ def tiny(
     text_layers: int = 4,
     vision_depth: int = 3,
     rope_theta: float = 1000000.0,
+    mrope_section: tuple[int, int, int] = (4, 6, 6),
 ) -> Qwen25VLConfig:
     """The tiny preset (~1.8M parameters with a 1k vocabulary): text hidden 128, 4 layers, 4/2 heads;
     vision hidden 128, depth 3 with the last block full-attention, window 112 px.
@@ -323,7 +324,7 @@ def tiny(
     )
     return Qwen25VLConfig(
         text=TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=text_layers,
-                        num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 6, 6),
+                        num_attention_heads=4, num_key_value_heads=2, mrope_section=tuple(mrope_section),
                         max_position_embeddings=4096, rope_theta=rope_theta),
         vision=VisionConfig(depth=vision_depth, hidden_size=128, intermediate_size=256, num_heads=4,
                             out_hidden_size=128, fullatt_block_indexes=(vision_depth - 1,)),
