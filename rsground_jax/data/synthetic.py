@@ -77,6 +77,15 @@ _NOUN_TO_NAME = {c.noun: c.name for c in CATEGORIES.values()}
 # ----------------------------------------------------------------------------------------------- config
 
 
+# Ground palettes: base colour and field colours.
+_PALETTES = {
+    "vegetation": ((88, 112, 62), ((70, 98, 50), (112, 128, 72), (96, 104, 58), (130, 120, 80))),
+    "arid": ((176, 158, 124), ((160, 140, 104), (190, 172, 136), (150, 136, 110), (170, 150, 120))),
+    "urban": ((128, 126, 122), ((110, 108, 104), (146, 142, 136), (120, 116, 108), (96, 100, 98))),
+    "mixed": ((120, 128, 96), ((92, 116, 70), (150, 140, 110), (120, 120, 116), (104, 122, 84))),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
     """Difficulty knobs. Ranges are inclusive `(min, max)`.
@@ -176,10 +185,11 @@ _TINY = SynthConfig(
 
 PRESETS: dict[str, SynthConfig] = {
     "tiny": _TINY,
-    # `rsground demo` and the base model's last stage: the tiny preset on plain ground (no clutter), 112x112,
-    # 2-3 instances of a category told apart by position, maybe one of another category.
+    # `rsground demo` and the base model's last stage: the tiny preset on plain ground of one colour (no clutter,
+    # one palette, as in every stage of the base's curriculum), 112x112, 2-3 instances of a category told apart
+    # by position, maybe one of another category.
     "demo": dataclasses.replace(_TINY, image_size=(112, 112), instances_per_category=(2, 3), object_size=(0.2, 0.35),
-                                clutter=0.0),
+                                clutter=0.0, palettes=("urban",)),
     "small": SynthConfig(
         image_size=(224, 448),
         num_categories=(1, 3),
@@ -479,12 +489,6 @@ def resolve_expression(text: str, objects: Sequence[SceneObject], width: float, 
 
 # ------------------------------------------------------------------------------------------ rendering
 
-_PALETTES = {
-    "vegetation": ((88, 112, 62), ((70, 98, 50), (112, 128, 72), (96, 104, 58), (130, 120, 80))),
-    "arid": ((176, 158, 124), ((160, 140, 104), (190, 172, 136), (150, 136, 110), (170, 150, 120))),
-    "urban": ((128, 126, 122), ((110, 108, 104), (146, 142, 136), (120, 116, 108), (96, 100, 98))),
-    "mixed": ((120, 128, 96), ((92, 116, 70), (150, 140, 110), (120, 120, 116), (104, 122, 84))),
-}
 _WATER = (46, 78, 96)
 
 

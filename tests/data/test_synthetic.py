@@ -221,7 +221,7 @@ def test_generator_speed_tiny():
 
 
 def test_one_palette_gives_every_image_the_same_ground():
-    every = dataclasses.replace(S.PRESETS["demo"], clutter=0.0)
+    every = dataclasses.replace(S.PRESETS["demo"], clutter=0.0, palettes=())
     urban = dataclasses.replace(every, palettes=("urban",))
     corners = set()
     for index in range(8):
