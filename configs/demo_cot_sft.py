@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from rsground_jax.data.chat import DEFAULT_QUESTION, DEFAULT_SYSTEM
+from rsground_jax.data.chat import DEFAULT_QUESTION
 
 
 def get_config():
@@ -18,7 +18,7 @@ def get_config():
     c.workdir = "runs/demo_cot_sft"
     c.output = "runs/demo_cot_sft/model"
     c.max_pixels = 112 * 112  # the base model's pixel budget
-    c.template_system = DEFAULT_SYSTEM
+    c.template_system = ""  # none, as the base was pretrained: the tokens around the image stay the same
     c.template_question = DEFAULT_QUESTION  # reasoning in <think>, then the box in <answer>
     c.answer_style = "cot"
     c.length_bucket = 384

@@ -61,7 +61,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..data import load_split
-    from ..data.chat import BOX_QUESTION, ChatTemplate
+    from ..data.chat import BOX_QUESTION, DEFAULT_QUESTION, ChatTemplate
     from ..data.pipeline import PipelineConfig, sft_pipeline
     from ..data.synthetic import PRESETS, generate_dataset
     from ..data.tokenizer import load_tokenizer
@@ -100,7 +100,9 @@ def run(args) -> int:
         tok = load_small_tokenizer()
         base_template = ChatTemplate(system=None, question=BOX_QUESTION)
         proc = ImageProcessor(max_pixels=112 * 112)
-    cot_template = ChatTemplate()
+    # The reasoning question, after the image, with the base's own system turn (none for the packaged one):
+    # everything before and around the image tokens stays as the base saw it in pretraining.
+    cot_template = ChatTemplate(system=base_template.system, question=DEFAULT_QUESTION)
     results = {}
 
     const = best_constant_box(train)
