@@ -54,7 +54,30 @@ def test_packaged_base_beats_the_best_constant_box_on_fresh_scenes(base, tmp_pat
     preds = [const * np.array([r.width, r.height, r.width, r.height]) for r in records]
     constant = grounding_metrics(preds, [r.box for r in records])
     assert ev.metrics["num_unparsable"] <= 2
-    # measured for the shipped weights: meanIoU 0.111 against 0.072, Pr@0.5 5.2 % against 1.0 % (a weak base,
-    # see docs/base_model.md); generation is deterministic, so these margins guard against a broken export
-    assert ev.metrics["meanIoU"] > constant["meanIoU"] + 0.025, (ev.metrics, constant)
-    assert ev.metrics["Pr@0.5"] > constant["Pr@0.5"] + 0.03, (ev.metrics, constant)
+    # measured for the shipped weights: meanIoU 0.156 against 0.076, Pr@0.5 8.3 % against 2.1 % (still a weak
+    # grounder on these scenes, see docs/base_model.md); generation is deterministic, so these margins guard
+    # against a broken export
+    assert ev.metrics["meanIoU"] > constant["meanIoU"] + 0.05, (ev.metrics, constant)
+    assert ev.metrics["Pr@0.5"] > constant["Pr@0.5"] + 0.04, (ev.metrics, constant)
+
+
+def test_packaged_base_finds_a_single_object_on_fresh_plain_scenes(base, tmp_path):
+    """The first curriculum stage's skill: one object on plain ground, from the image alone (the expression
+    names only the category and maybe a region)."""
+    import dataclasses
+
+    model, tok, template, proc, _ = base
+    one = dataclasses.replace(PRESETS["tiny"], image_size=(112, 112), num_categories=(1, 1),
+                              instances_per_category=(1, 1), num_distractors=(0, 0), object_size=(0.25, 0.45),
+                              clutter=0.0, palettes=("urban",))
+    root = tmp_path / "single"
+    generate_dataset(root, 64, seed=20261201, config=one)
+    records = [r for split in ("train", "val", "test") for r in load_split(root, split)][:64]
+    ev = evaluate(model, records, tok, proc, template=template, batch_size=32, max_new_tokens=24)
+    const = best_constant_box(records)
+    constant = grounding_metrics([const * np.array([r.width, r.height, r.width, r.height]) for r in records],
+                                 [r.box for r in records])
+    # measured: Pr@0.5 10.9 % against 1.6 %, meanIoU 0.222 against 0.122. The model after the first stage alone
+    # scored 51 % / 0.46 on such scenes; the positional stage loses most of that (docs/base_model.md).
+    assert ev.metrics["Pr@0.5"] > constant["Pr@0.5"] + 0.05, (ev.metrics, constant)
+    assert ev.metrics["meanIoU"] > constant["meanIoU"] + 0.06, (ev.metrics, constant)
