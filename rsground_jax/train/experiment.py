@@ -9,7 +9,8 @@ Config fields (see `configs/`):
   max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
   eval_images: validation records scored after each stage (0 to skip)
   stages: list of {name, steps, batch_size, lr, warmup_steps, end_lr_fraction (cosine floor; 1 = constant),
-          freeze_vision, vision_lr_scale (the tower's rate as a fraction of lr), accum_steps and either
+          freeze_vision, vision_lr_scale (the tower's rate as a fraction of lr), accum_steps, replay (names of
+          earlier stages whose training records are mixed into this stage's) and either
           synth (a synthetic preset + SynthConfig overrides) with num_images, or data_root (+ data_format)}
 Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
 """
@@ -131,6 +132,22 @@ def stage_data(cfg, stage, index: int):
     return load_split(root, "train", format=fmt), load_split(root, "val", format=fmt)
 
 
+def stage_records(cfg, index: int):
+    """(train records, val records) of stage `index`, with the training records of the stages named in its
+    `replay` list added to its own (rehearsal against forgetting an earlier stage's skill; validation stays
+    the stage's own)."""
+    stages = list(cfg.stages)
+    st = stages[index]
+    train, val = stage_data(cfg, st, index)
+    names = [s.name for s in stages]
+    for name in st.get("replay", None) or ():
+        if name not in names[:index]:
+            raise ValueError(f"stage {st.name}: replay names {name!r}, which is not an earlier stage ({names[:index]})")
+        j = names.index(name)
+        train = list(train) + list(stage_data(cfg, stages[j], j)[0])
+    return train, val
+
+
 def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
     """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`).
 
@@ -146,7 +163,7 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
     t0 = time.time()
     report = {"config": _plain(cfg), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
     for i, st in enumerate(cfg.stages):
-        train, val = stage_data(cfg, st, i)
+        train, val = stage_records(cfg, i)
         pl = sft_pipeline(train, tok, proc, PipelineConfig(
             batch_size=st.batch_size, length_buckets=(cfg.length_bucket,), seed=cfg.seed + i,
             answer_style=cfg.answer_style), template=template)
