@@ -57,4 +57,7 @@ def get_config():
         stage("positional", ml_collections.ConfigDict(dict(preset="demo")), 4000, 2000, 32, 1e-3, 0.1,
               freeze_vision=True),
     ]
+    # Rehearse stage 1 during stage 2: without its one-object scenes mixed in, the positional stage forgets
+    # most of stage 1 (one-object Pr@0.5 from 38 % to 11 % on fresh scenes; with them it stays at 38 %).
+    c.stages[1].replay = ["single"]
     return c
