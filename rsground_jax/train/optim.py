@@ -59,22 +59,17 @@ def _is_vision(params):
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     if not cfg.vision_lr_scale > 0:
         raise ValueError(f"vision_lr_scale={cfg.vision_lr_scale}: must be > 0 (use freeze_vision to freeze)")
-    chain = []
-    if cfg.clip_norm is not None:
-        chain.append(optax.clip_by_global_norm(cfg.clip_norm))
+    clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm is not None else []
+    sched = schedule(cfg)
 
-    def adamw(sched):
-        return optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                           mask=_decay_mask)
+    def adamw(lr):
+        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
 
     if cfg.freeze_vision:
-        return optax.multi_transform({"vision": optax.set_to_zero(), "rest": optax.chain(*chain, adamw(schedule(cfg)))},
+        return optax.multi_transform({"vision": optax.set_to_zero(), "rest": optax.chain(*clip, adamw(sched))},
                                      _is_vision)
-    if cfg.vision_lr_scale != 1.0:
-        # clipped on the global norm of all gradients first, as without the split
-        base = schedule(cfg)
-        chain.append(optax.multi_transform(
-            {"vision": adamw(lambda step: base(step) * cfg.vision_lr_scale), "rest": adamw(base)}, _is_vision))
-        return optax.chain(*chain)
-    chain.append(adamw(schedule(cfg)))
-    return optax.chain(*chain)
+    update = adamw(sched)
+    if cfg.vision_lr_scale != 1.0:  # after clipping on the global norm of all gradients, as without the split
+        update = optax.multi_transform(
+            {"vision": adamw(lambda step: sched(step) * cfg.vision_lr_scale), "rest": update}, _is_vision)
+    return optax.chain(*clip, update)
