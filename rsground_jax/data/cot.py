@@ -144,7 +144,7 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed) -> CotTar
         candidates = list(objects)
     # Listed top to bottom (centre y, then x), about the order in which their image tokens reach the decoder
     # (row by row), rather than in annotation order, which carries nothing the model could learn to reproduce.
-    candidates.sort(key=_reading_order)
+    candidates.sort(key=_top_to_bottom)
 
     steps = [pick(f"The image is {rw}x{rh} pixels.", f"The image measures {rw} by {rh} pixels.", f"Working in the {rw}x{rh} pixel frame.")]
     if cue is None:
@@ -156,7 +156,7 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed) -> CotTar
     return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
 
 
-def _reading_order(obj: AnnotatedObject) -> tuple[float, float]:
+def _top_to_bottom(obj: AnnotatedObject) -> tuple[float, float]:
     return obj.box[1] + obj.box[3], obj.box[0] + obj.box[2]
 
 
@@ -186,9 +186,9 @@ def _free_steps(record, candidates, noun, rw, rh, rbox, fmt, pick, answer) -> li
     region = named if named is not None and synthetic.in_region((cx, cy), named, rw, rh) else _CELL_NAMES[synthetic.grid_cell((cx, cy), rw, rh)]
     steps = [_region_sentence(region, rw, rh, pick, noun)]
     if len(candidates) > 1:
-        ordered = candidates
         word = plural(noun) if noun != "target" else "annotated objects"
-        steps.append(pick(f"There are {len(candidates)} {word}: {_list_boxes(ordered, rbox, fmt)}.", f"Candidates: {_list_boxes(ordered, rbox, fmt)}."))
+        listed = _list_boxes(candidates, rbox, fmt)
+        steps.append(pick(f"There are {len(candidates)} {word}: {listed}.", f"Candidates: {listed}."))
         steps.append(pick(f"The one matching the description, in that region, is {fmt(answer)}.", f"Only {fmt(answer)} fits the description and the position."))
     return steps
 

@@ -31,9 +31,8 @@ class KVCache:
     vectorized axis (`layers.KV_LAYOUTS["bkhs"]`).
     valid: [batch, max_len] bool.
 
-    Heads come before slots so that each decoded token's attention reads a layer's keys and values in the
-    layout its batched matmuls want (batch and head as batch dimensions): no transposing copy of the cache
-    per layer and token.
+    In both forms heads come before slots, so each decoded token's attention reads a layer's keys and values
+    with batch and head as leading axes: no transposing copy of the cache per layer and token.
     """
 
     k: jax.Array | tuple[jax.Array, ...]
