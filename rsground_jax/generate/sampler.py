@@ -73,7 +73,7 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
                                   cache=cache, cache_index=0, logits_slice=slice(-1, None))
     start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [b]
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
-    layers = model.text.layer_params()  # sliced once here, not once per token inside the loop
+    layers = model.text.layer_params(model.dtype)  # sliced (and cast) once here, not once per token in the loop
     cache = cache.per_layer()  # likewise: each layer's own buffer, read and updated in place
 
     key, sub = jax.random.split(key)

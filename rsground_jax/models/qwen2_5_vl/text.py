@@ -114,10 +114,12 @@ class TextDecoder(nnx.Module):
             "gate": self.gate_ldf[...], "up": self.up_ldf[...], "down": self.down_lfd[...],
         }
 
-    def layer_params(self) -> list[dict[str, jax.Array]]:
+    def layer_params(self, dtype=None) -> list[dict[str, jax.Array]]:
         """Each layer's parameters sliced out of the stacks, for the unrolled decode path (see `__call__`),
         with q/k/v fused into one [d, (n + 2k) * h] matrix and gate/up into one [d, 2f]: a decoded token then
-        makes 4 matmuls a layer instead of 7 (fewer, wider GEMMs; the copies are made once per generation)."""
+        makes 4 matmuls a layer instead of 7 (fewer, wider GEMMs; the copies are made once per generation).
+        `dtype`: cast to the compute dtype here, once, rather than at every use inside the decode loop (the
+        cast of float32 master weights to bfloat16 would otherwise re-read them for every token)."""
         cfg = self.cfg
         D, NH, KH = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         stacked = self._stacked()
@@ -128,6 +130,8 @@ class TextDecoder(nnx.Module):
         gate_up = jnp.concatenate([stacked["gate"], stacked["up"]], axis=-1)
         fused = {"attn_norm": stacked["attn_norm"], "qkv_dx": qkv, "qkv_bias_x": qkv_bias, "o": stacked["o"],
                  "mlp_norm": stacked["mlp_norm"], "gate_up_dx": gate_up, "down": stacked["down"]}
+        if dtype is not None:
+            fused = {k: w.astype(dtype) for k, w in fused.items()}
         return [{k: w[i] for k, w in fused.items()} for i in range(cfg.num_hidden_layers)]
 
     def __call__(self, x: jax.Array, position_ids: jax.Array, attention_mask: jax.Array,
