@@ -6,12 +6,14 @@ Config fields (see `configs/`):
   tiny_options: optional arguments of the tiny preset for init="tiny" (e.g. rope_theta)
   compute_dtype ("float32" | "bfloat16", parameters stay float32), remat ("none" | "full" | "dots")
   tokenizer: "small" (packaged), "qwen2.5", a tokenizer directory, or "" for the `init` checkpoint's own
-  max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "box"), length_bucket
+  max_pixels, template_system ("" for none), template_question, answer_style ("cot" | "brief_cot" | "box"), length_bucket
   eval_images: validation records scored after each stage (0 to skip)
   stages: list of {name, steps, batch_size, lr, warmup_steps, end_lr_fraction (cosine floor; 1 = constant),
           freeze_vision, vision_lr_scale (the tower's rate as a fraction of lr), accum_steps, replay (names of
           earlier stages whose training records are mixed into this stage's) and either
-          synth (a synthetic preset + SynthConfig overrides) with num_images, or data_root (+ data_format)}
+          synth (a synthetic preset + SynthConfig overrides) with num_images, data_root (+ data_format), or
+          data_from (the name of an earlier stage whose dataset, train and val, this stage uses as well);
+          optional seed (the stage's batch order; default: the config's seed + the stage's index)}
 Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
 """
 
@@ -133,18 +135,30 @@ def stage_data(cfg, stage, index: int):
 
 
 def stage_records(cfg, index: int):
-    """(train records, val records) of stage `index`, with the training records of the stages named in its
-    `replay` list added to its own (rehearsal against forgetting an earlier stage's skill; validation stays
-    the stage's own)."""
+    """(train records, val records) of stage `index`: its own dataset, or with `data_from` an earlier stage's
+    (the same scenes under another recipe, e.g. the vision tower unfrozen), plus the training records of the
+    stages named in its `replay` list (rehearsal against forgetting an earlier stage's skill; validation
+    stays the stage's own)."""
     stages = list(cfg.stages)
-    st = stages[index]
-    train, val = stage_data(cfg, st, index)
     names = [s.name for s in stages]
-    for name in st.get("replay", None) or ():
-        if name not in names[:index]:
-            raise ValueError(f"stage {st.name}: replay names {name!r}, which is not an earlier stage ({names[:index]})")
-        j = names.index(name)
-        train = list(train) + list(stage_data(cfg, stages[j], j)[0])
+
+    def earlier(i, name, field):
+        if name not in names[:i]:
+            raise ValueError(f"stage {stages[i].name}: {field} names {name!r}, which is not an earlier stage ({names[:i]})")
+        return names.index(name)
+
+    def own(i):  # a stage's dataset, following data_from; without any replay
+        st = stages[i]
+        source = st.get("data_from", None)
+        if not source:
+            return stage_data(cfg, st, i)
+        if st.get("synth", None) is not None or st.get("data_root", None):
+            raise ValueError(f"stage {st.name}: data_from={source!r} and its own synth/data_root: give one of them")
+        return own(earlier(i, source, "data_from"))
+
+    train, val = own(index)
+    for name in stages[index].get("replay", None) or ():
+        train = list(train) + list(own(earlier(index, name, "replay"))[0])
     return train, val
 
 
@@ -165,7 +179,7 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
     for i, st in enumerate(cfg.stages):
         train, val = stage_records(cfg, i)
         pl = sft_pipeline(train, tok, proc, PipelineConfig(
-            batch_size=st.batch_size, length_buckets=(cfg.length_bucket,), seed=cfg.seed + i,
+            batch_size=st.batch_size, length_buckets=(cfg.length_bucket,), seed=int(st.get("seed", cfg.seed + i)),
             answer_style=cfg.answer_style), template=template)
         opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
                           end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),

@@ -32,3 +32,25 @@ def test_replay_of_a_stage_that_is_not_earlier_is_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path, ["crowded"])
     with pytest.raises(ValueError, match="replay names 'crowded', which is not an earlier stage"):
         stage_records(cfg, 1)
+
+
+def test_data_from_trains_a_stage_on_an_earlier_stages_scenes(tmp_path):
+    cfg = _cfg(tmp_path, None)
+    cfg.stages.append(ml_collections.ConfigDict(dict(name="tower", data_from="single", replay=["crowded"])))
+    single_train, single_val = stage_records(cfg, 0)
+    crowded_train, _ = stage_records(cfg, 1)
+    train, val = stage_records(cfg, 2)
+    assert [r.image_path for r in val] == [r.image_path for r in single_val]
+    assert [r.image_path for r in train] == [r.image_path for r in single_train + crowded_train]
+    assert not (tmp_path / "data_tower").exists()  # nothing generated for the stage itself
+
+
+def test_data_from_with_a_dataset_of_its_own_is_a_clear_error(tmp_path):
+    cfg = _cfg(tmp_path, None)
+    cfg.stages[1].data_from = "single"
+    with pytest.raises(ValueError, match="data_from='single' and its own synth/data_root"):
+        stage_records(cfg, 1)
+    cfg.stages[1].synth = None
+    cfg.stages[1].data_from = "crowded"
+    with pytest.raises(ValueError, match="data_from names 'crowded', which is not an earlier stage"):
+        stage_records(cfg, 1)
