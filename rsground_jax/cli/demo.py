@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-images", type=int, default=120, help="test expressions scored (same-category scenes)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--cot", choices=("brief", "full"), default="brief",
+                   help="reasoning form: 'brief' (the cue restated in one sentence, with the pixels it fixes, then "
+                        "the box) or 'full' (also the image size, every candidate box and the evidence)")
     p.add_argument("--base", default="base", help="base model directory ('base': the packaged one)")
     p.add_argument("--train-vision", action="store_true",
                    help="also train the vision tower during CoT-SFT (the packaged base was pretrained with its "
@@ -123,8 +126,9 @@ def run(args) -> int:
     print(f"[{time.time() - t0:5.0f}s] {'base model' if packaged else 'random init'}: Pr@0.5 {100 * ev.metrics['Pr@0.5']:.1f}, "
           f"meanIoU {100 * ev.metrics['meanIoU']:.1f}")
 
-    pl = sft_pipeline(train, tok, proc, PipelineConfig(batch_size=args.batch_size, length_buckets=(256, 320, 384),
-                                                       seed=args.seed, on_overflow="skip", answer_style="cot"),
+    style, buckets, max_new = ("brief_cot", (128, 192), 96) if args.cot == "brief" else ("cot", (256, 320, 384), 320)
+    pl = sft_pipeline(train, tok, proc, PipelineConfig(batch_size=args.batch_size, length_buckets=buckets,
+                                                       seed=args.seed, on_overflow="skip", answer_style=style),
                       template=cot_template)
     freeze = not args.train_vision
     tx = make_optimizer(OptimConfig(lr=args.lr, warmup_steps=min(20, args.steps // 10), total_steps=args.steps,
@@ -133,8 +137,8 @@ def run(args) -> int:
                   os.path.join(args.workdir, "cot_sft"), resume=True, freeze_vision=freeze)
     last = f", final loss {res.history[-1]['loss']:.3f}" if res.history else " (already done: resumed at the end)"
     print(f"[{time.time() - t0:5.0f}s] CoT-SFT: {args.steps} steps{last}")
-    ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=320,
-                      length_buckets=(256, 320, 384))
+    ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=max_new,
+                      length_buckets=buckets)
     results["after CoT-SFT"] = ev_cot.metrics
 
     os.makedirs(args.workdir, exist_ok=True)

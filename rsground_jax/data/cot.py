@@ -117,8 +117,8 @@ def keyword_region(expression: str) -> str | None:
     return None
 
 
-def make_cot(record: GroundingRecord, processor: ImageProcessor, seed) -> CotTarget:
-    """The CoT-SFT target text for a record (see the module docstring)."""
+def make_cot(record: GroundingRecord, processor: ImageProcessor, seed, *, brief: bool = False) -> CotTarget:
+    """The CoT-SFT target text for a record (see the module docstring; `brief`: the short form)."""
     rng = np.random.default_rng(seed)
     h, w = record.height, record.width
     rh, rw = processor.resized_size(h, w)
@@ -146,6 +146,10 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed) -> CotTar
     # (row by row), rather than in annotation order, which carries nothing the model could learn to reproduce.
     candidates.sort(key=_top_to_bottom)
 
+    if brief:
+        steps = _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, pick, answer)
+        text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
+        return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
     steps = [pick(f"The image is {rw}x{rh} pixels.", f"The image measures {rw} by {rh} pixels.", f"Working in the {rw}x{rh} pixel frame.")]
     if cue is None:
         steps += _free_steps(record, candidates, noun, rw, rh, rbox, fmt, pick, answer)
@@ -246,6 +250,32 @@ def _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, 
             pick(f"Comparing the {len(candidates)} {many}: {areas}.", f"Sizes of the {many}: {areas}."),
             pick(f"The {word} is {fmt(answer)}.", f"{fmt(answer)} is the {word}."),
         ]
+    raise ValueError(f"unknown cue kind {cue.kind!r}")
+
+
+def _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, pick, answer) -> list[str]:
+    """The cue restated in one short sentence, with the pixels it fixes where it fixes any (an absolute cue's
+    region, a relative cue's anchor), and nothing the expression does not say: for a small model every token
+    of reasoning is one more the box must wait for, and a fact it would have to find in the image first."""
+    if cue is None:
+        cx, cy = _centre(answer)
+        named = keyword_region(record.expression)
+        region = named if named is not None and synthetic.in_region((cx, cy), named, rw, rh) else _CELL_NAMES[synthetic.grid_cell((cx, cy), rw, rh)]
+        return [f"The {region} is {_span(synthetic.region_bounds(region, rw, rh))}."]
+    if cue.kind == "unique":
+        return [f"The only {noun}."]
+    if cue.kind == "absolute":
+        return [f"The {cue.region} is {_span(synthetic.region_bounds(cue.region, rw, rh))}."]
+    if cue.kind == "relative":
+        ab = rbox(next(o for o in objects if o.category == cue.anchor).box)
+        side = {"left": f"right edge before x={ab[0]}", "right": f"left edge after x={ab[2]}",
+                "above": f"bottom edge above y={ab[1]}", "below": f"top edge below y={ab[3]}",
+                "nearest": "centre closest to it"}[cue.relation]
+        return [f"The {display_name(cue.anchor)} is at {fmt(ab)}; the {noun} has its {side}."]
+    if cue.kind == "ordinal":
+        return [f"Number {cue.rank} from the {cue.direction}."]
+    if cue.kind == "size":
+        return [f"The {'largest' if cue.extreme == 'largest' else 'smallest'} {noun}."]
     raise ValueError(f"unknown cue kind {cue.kind!r}")
 
 

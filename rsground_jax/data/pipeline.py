@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- config
 
 
-ANSWER_STYLES = ("cot", "box")
+ANSWER_STYLES = ("cot", "brief_cot", "box")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,9 @@ class PipelineConfig:
     on_overflow: str = "error"  # or "skip": samples longer than the largest length bucket
     padding_side: str | None = None  # None: "right" for SFT, "left" for RL
     cot_seed: int = 0  # picks the CoT phrasings (fixed per record across epochs)
-    answer_style: str = "cot"  # SFT target: "cot" (<think>...</think><answer>[box]</answer>) or "box" ([box] only)
+    # SFT target: "cot" (<think>...</think><answer>[box]</answer>), "brief_cot" (the same with a one-sentence
+    # trace, `cot.make_cot(brief=True)`) or "box" ([box] only)
+    answer_style: str = "cot"
 
     def __post_init__(self):
         if self.answer_style not in ANSWER_STYLES:
@@ -205,7 +207,7 @@ def _plan(
         answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
         chats = encoder.encode_sft(expressions, [box_frames.format_box(a) for a in answers])
     elif kind == "sft":
-        cots = [make_cot(r, processor, [cot_seed, i]) for i, r in enumerate(records)]
+        cots = [make_cot(r, processor, [cot_seed, i], brief=answer_style == "brief_cot") for i, r in enumerate(records)]
         chats = encoder.encode_sft(expressions, [c.text for c in cots])
         answers = [c.answer_box for c in cots]
     else:
