@@ -25,8 +25,9 @@ class OptimConfig:
     # The vision tower's learning rate as a fraction of `lr` (same warmup and decay). Why: from random weights
     # Adam gives the tower's small, uninformative early gradients full-size steps and its output drifts to a
     # near-constant vector the decoder learns to ignore (docs/base_model.md); a smaller rate is meant to let
-    # the decoder learn to read the features before they move (for the tiny base, 0.1 did no better than a
-    # frozen tower within 2,000 steps). Ignored when `freeze_vision`.
+    # the decoder learn to read the features before they move (for the tiny base, 0.1 from random weights did no
+    # better than a frozen tower within 2,000 steps; 0.3 after a frozen stage lifted validation Pr@0.5 from
+    # 51 % to 83 %). Ignored when `freeze_vision`.
     vision_lr_scale: float = 1.0
 
 
