@@ -22,6 +22,11 @@ What the reasoning says:
   * the conclusion with the box.
 Each step has several phrasings; `seed` (an int or a sequence such as `[base_seed, record_index]`) picks
 them, so a record's text is reproducible.
+
+`make_cot(..., brief=True)` (answer style "brief_cot") writes one fixed sentence instead: the cue restated,
+with the pixels it fixes (an absolute cue's region span, a relative cue's anchor box and edge), and no image
+size or candidates; for free-form text, the region as above. The tiny demo model cannot list candidates it
+does not find, and every reasoning token moves its box further from the image (docs/base_model.md).
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed, *, brief:
     candidates.sort(key=_top_to_bottom)
 
     if brief:
-        steps = _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, pick, answer)
+        steps = _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer)
         text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
         return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
     steps = [pick(f"The image is {rw}x{rh} pixels.", f"The image measures {rw} by {rh} pixels.", f"Working in the {rw}x{rh} pixel frame.")]
@@ -253,7 +258,7 @@ def _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, 
     raise ValueError(f"unknown cue kind {cue.kind!r}")
 
 
-def _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, pick, answer) -> list[str]:
+def _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer) -> list[str]:
     """The cue restated in one short sentence, with the pixels it fixes where it fixes any (an absolute cue's
     region, a relative cue's anchor), and nothing the expression does not say: for a small model every token
     of reasoning is one more the box must wait for, and a fact it would have to find in the image first."""
