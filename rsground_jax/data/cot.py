@@ -153,16 +153,20 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed, *, brief:
 
     if brief:
         steps = _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer)
-        text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
-        return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
+    else:
+        steps = _full_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, answer)
+    text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
+    return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
+
+
+def _full_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, answer) -> list[str]:
     steps = [pick(f"The image is {rw}x{rh} pixels.", f"The image measures {rw} by {rh} pixels.", f"Working in the {rw}x{rh} pixel frame.")]
     if cue is None:
         steps += _free_steps(record, candidates, noun, rw, rh, rbox, fmt, pick, answer)
     else:
         steps += _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, answer)
     steps.append(pick(f"The target is {fmt(answer)}.", f"So the answer is {fmt(answer)}.", f"That gives {fmt(answer)}."))
-    text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
-    return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
+    return steps
 
 
 def _top_to_bottom(obj: AnnotatedObject) -> tuple[float, float]:
@@ -189,11 +193,23 @@ def _list_boxes(objs: Sequence[AnnotatedObject], rbox, fmt) -> str:
     )
 
 
-def _free_steps(record, candidates, noun, rw, rh, rbox, fmt, pick, answer) -> list[str]:
-    cx, cy = (answer[0] + answer[2]) / 2, (answer[1] + answer[3]) / 2
+def _free_region(record, answer, rw, rh) -> str:
+    """For free-form text: the region the expression names when the target's centre lies in it, else the
+    3x3 cell the centre lies in (the trace never states a region the target is not in)."""
+    centre = _centre(answer)
     named = keyword_region(record.expression)
-    region = named if named is not None and synthetic.in_region((cx, cy), named, rw, rh) else _CELL_NAMES[synthetic.grid_cell((cx, cy), rw, rh)]
-    steps = [_region_sentence(region, rw, rh, pick, noun)]
+    return named if named is not None and synthetic.in_region(centre, named, rw, rh) else _CELL_NAMES[synthetic.grid_cell(centre, rw, rh)]
+
+
+def _edge(relation: str, anchor_box) -> str:
+    """Where a target's edge lies for a relation to an anchor box, in words (`<`/`>` would read as tags)."""
+    x1, y1, x2, y2 = anchor_box
+    return {"left": f"right edge before x={x1}", "right": f"left edge after x={x2}",
+            "above": f"bottom edge above y={y1}", "below": f"top edge below y={y2}"}[relation]
+
+
+def _free_steps(record, candidates, noun, rw, rh, rbox, fmt, pick, answer) -> list[str]:
+    steps = [_region_sentence(_free_region(record, answer, rw, rh), rw, rh, pick, noun)]
     if len(candidates) > 1:
         word = plural(noun) if noun != "target" else "annotated objects"
         listed = _list_boxes(candidates, rbox, fmt)
@@ -228,13 +244,7 @@ def _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, 
             steps.append(f"Centre distances to it: {dists}.")
             steps.append(pick(f"The closest is {fmt(answer)}.", f"{fmt(answer)} is nearest."))
         else:
-            # In words rather than "<" / ">", which would read as tag brackets inside <think>.
-            edge = {
-                "left": f"right edge before x={ab[0]}",
-                "right": f"left edge after x={ab[2]}",
-                "above": f"bottom edge above y={ab[1]}",
-                "below": f"top edge below y={ab[3]}",
-            }[cue.relation]
+            edge = _edge(cue.relation, ab)
             where = {"left": "to its left", "right": "to its right", "above": "above it", "below": "below it"}[cue.relation]
             steps.append(pick(f"Only {fmt(answer)} lies entirely {where} ({edge}).", f"The {noun} {where} must have {edge}: {fmt(answer)}."))
         return steps
@@ -262,20 +272,14 @@ def _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer) -> list[
     """The cue restated in one short sentence, with the pixels it fixes where it fixes any (an absolute cue's
     region, a relative cue's anchor), and nothing the expression does not say: for a small model every token
     of reasoning is one more the box must wait for, and a fact it would have to find in the image first."""
-    if cue is None:
-        cx, cy = _centre(answer)
-        named = keyword_region(record.expression)
-        region = named if named is not None and synthetic.in_region((cx, cy), named, rw, rh) else _CELL_NAMES[synthetic.grid_cell((cx, cy), rw, rh)]
+    if cue is None or cue.kind == "absolute":
+        region = _free_region(record, answer, rw, rh) if cue is None else cue.region
         return [f"The {region} is {_span(synthetic.region_bounds(region, rw, rh))}."]
     if cue.kind == "unique":
         return [f"The only {noun}."]
-    if cue.kind == "absolute":
-        return [f"The {cue.region} is {_span(synthetic.region_bounds(cue.region, rw, rh))}."]
     if cue.kind == "relative":
         ab = rbox(next(o for o in objects if o.category == cue.anchor).box)
-        side = {"left": f"right edge before x={ab[0]}", "right": f"left edge after x={ab[2]}",
-                "above": f"bottom edge above y={ab[1]}", "below": f"top edge below y={ab[3]}",
-                "nearest": "centre closest to it"}[cue.relation]
+        side = "centre closest to it" if cue.relation == "nearest" else _edge(cue.relation, ab)
         return [f"The {display_name(cue.anchor)} is at {fmt(ab)}; the {noun} has its {side}."]
     if cue.kind == "ordinal":
         return [f"Number {cue.rank} from the {cue.direction}."]
