@@ -1,4 +1,4 @@
-"""Stage data of an SFT experiment config: replay of an earlier stage's training records."""
+"""Stage data of an SFT experiment config: replay of an earlier stage's training records, and data_from."""
 
 import ml_collections
 import pytest
