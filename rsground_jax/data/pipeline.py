@@ -202,13 +202,18 @@ def _plan(
         raise ValueError("no records to build a pipeline from")
     encoder = ChatEncoder(tokenizer, template)
     expressions = [r.expression for r in records]
+    # one question phrasing per record, fixed across epochs (training only: prompts use the main question)
+    variants = None
+    if kind == "sft" and template.question_variants:
+        n = len(template.questions)
+        variants = [int(np.random.default_rng([cot_seed, i, 1]).integers(n)) for i in range(len(records))]
     if kind == "sft" and answer_style == "box":
         # the base model's plain grounding answer: the box in the resized frame, no reasoning
         answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
-        chats = encoder.encode_sft(expressions, [box_frames.format_box(a) for a in answers])
+        chats = encoder.encode_sft(expressions, [box_frames.format_box(a) for a in answers], variants)
     elif kind == "sft":
         cots = [make_cot(r, processor, [cot_seed, i], brief=answer_style == "brief_cot") for i, r in enumerate(records)]
-        chats = encoder.encode_sft(expressions, [c.text for c in cots])
+        chats = encoder.encode_sft(expressions, [c.text for c in cots], variants)
         answers = [c.answer_box for c in cots]
     else:
         chats = encoder.encode_prompts(expressions)

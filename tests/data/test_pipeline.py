@@ -299,3 +299,42 @@ def test_box_answer_style_teaches_only_the_box(train_records, small_tokenizer):
         assert tuple(batch["answer_box"][b]) == answer_box(r.box, r.height, r.width, PROC)
     with pytest.raises(ValueError, match="answer_style"):
         PipelineConfig(batch_size=1, answer_style="json")
+
+
+def test_question_variants_give_each_record_one_fixed_phrasing(train_records, small_tokenizer):
+    """Training-only phrasings: every record's prompt is one of `questions`, the same in every epoch and for
+    the same seed, several are used, and generation prompts (the RL plan) keep the main question."""
+    from rsground_jax.data.chat import BOX_QUESTION, ChatTemplate, box_question_variants
+
+    variants = box_question_variants()
+    assert BOX_QUESTION not in variants and len(set(variants)) == len(variants) >= 100
+    assert all("{expression}" in q for q in variants)
+    template = ChatTemplate(system=None, question=BOX_QUESTION, question_variants=variants)
+    recs = train_records[:24]
+    cfg = PipelineConfig(batch_size=4, shuffle=False, answer_style="box")
+    plan = sft_pipeline(recs, small_tokenizer, PROC, cfg, template=template).plan
+    again = sft_pipeline(recs, small_tokenizer, PROC, cfg, template=template).plan
+    assert np.array_equal(plan.ids, again.ids)
+    other = sft_pipeline(recs, small_tokenizer, PROC, dataclasses.replace(cfg, cot_seed=1), template=template).plan
+    assert not np.array_equal(plan.ids, other.ids)
+    used = set()
+    for i, r in enumerate(plan.records):
+        c = plan.chat(i)
+        prompt = small_tokenizer.decode(c.ids[: c.target_start])
+        matches = [k for k, q in enumerate(template.questions) if template.prompt_text(r.expression, k) == prompt]
+        assert len(matches) == 1, prompt
+        used.add(matches[0])
+        # the target is still the plain box after whichever phrasing
+        assert small_tokenizer.decode(c.ids[c.target_start:]).startswith("[")
+    assert len(used) >= 12  # 24 records over 256 phrasings
+    rl = rl_pipeline(recs, small_tokenizer, PROC, PipelineConfig(batch_size=4), template=template).plan
+    for i, r in enumerate(rl.records):
+        assert small_tokenizer.decode(rl.chat(i).ids) == template.prompt_text(r.expression)
+    # without variants the plan is what it always was
+    plain = sft_pipeline(recs, small_tokenizer, PROC, cfg, template=ChatTemplate(system=None, question=BOX_QUESTION)).plan
+    assert all(small_tokenizer.decode(plain.chat(i).ids[: plain.chat(i).target_start])
+               == ChatTemplate(system=None, question=BOX_QUESTION).prompt_text(r.expression)
+               for i, r in enumerate(plain.records))
+    with pytest.raises(ValueError, match="must contain"):
+        ChatTemplate(question_variants=("no placeholder",))
+
