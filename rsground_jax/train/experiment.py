@@ -13,7 +13,10 @@ Config fields (see `configs/`):
           earlier stages whose training records are mixed into this stage's) and either
           synth (a synthetic preset + SynthConfig overrides) with num_images, data_root (+ data_format), or
           data_from (the name of an earlier stage whose dataset, train and val, this stage uses as well);
-          optional seed (the stage's batch order; default: the config's seed + the stage's index)}
+          optional seed (the stage's batch order; default: the config's seed + the stage's index),
+          question_variants (training-only phrasings of the question, one per record: a name of
+          QUESTION_VARIANTS such as "box", or a list), length_buckets (default [length_bucket]) and
+          data_seed (the synthetic set's seed; default: the config's seed + the stage's index)}
 Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
 """
 
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..data import load_split
-from ..data.chat import ChatTemplate
+from ..data.chat import ChatTemplate, box_question_variants
 from ..data.pipeline import PipelineConfig, sft_pipeline
 from ..data.synthetic import PRESETS, generate_dataset
 from ..data.tokenizer import load_small_tokenizer, load_tokenizer, special_token_ids
@@ -125,13 +128,35 @@ def stage_data(cfg, stage, index: int):
     if "synth" in stage and stage.synth is not None:
         root = os.path.join(cfg.workdir, f"data_{stage.name}")
         if not os.path.isdir(os.path.join(root, "Annotations")):
-            generate_dataset(root, stage.num_images, seed=cfg.seed + index, config=synth_config(stage.synth.to_dict()))
+            seed = int(stage.get("data_seed", cfg.seed + index))
+            generate_dataset(root, stage.num_images, seed=seed, config=synth_config(stage.synth.to_dict()))
         fmt = "dior_rsvg"
     else:
         root, fmt = stage.data_root, stage.get("data_format", "auto")
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{root}: dataset folder does not exist (stage {stage.name})")
     return load_split(root, "train", format=fmt), load_split(root, "val", format=fmt)
+
+
+# Named sets of training-only question phrasings, for a stage's `question_variants`.
+QUESTION_VARIANTS = {"box": box_question_variants}
+
+
+def stage_template(template: ChatTemplate, stage) -> ChatTemplate:
+    """The config's template with the stage's `question_variants`: a name in QUESTION_VARIANTS or a list of
+    questions (each with "{expression}"). The stage's validation and the exported prompt use `question`."""
+    v = stage.get("question_variants", None)
+    if not v:
+        return template
+    if isinstance(v, str):
+        if v not in QUESTION_VARIANTS:
+            raise ValueError(f"stage {stage.name}: question_variants={v!r} is not one of {sorted(QUESTION_VARIANTS)} "
+                             "(or give a list of questions)")
+        v = QUESTION_VARIANTS[v]()
+    try:
+        return dataclasses.replace(template, question_variants=tuple(v))
+    except ValueError as e:
+        raise ValueError(f"stage {stage.name}: question_variants: {e}") from None
 
 
 def stage_records(cfg, index: int):
@@ -178,9 +203,10 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
     report = {"config": _plain(cfg), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
     for i, st in enumerate(cfg.stages):
         train, val = stage_records(cfg, i)
+        buckets = tuple(st.get("length_buckets", None) or (cfg.length_bucket,))
         pl = sft_pipeline(train, tok, proc, PipelineConfig(
-            batch_size=st.batch_size, length_buckets=(cfg.length_bucket,), seed=int(st.get("seed", cfg.seed + i)),
-            answer_style=cfg.answer_style), template=template)
+            batch_size=st.batch_size, length_buckets=buckets, seed=int(st.get("seed", cfg.seed + i)),
+            answer_style=cfg.answer_style), template=stage_template(template, st))
         opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
                           end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
                           freeze_vision=bool(st.get("freeze_vision", False)),

@@ -1,4 +1,4 @@
-"""Stage data of an SFT experiment config: replay of an earlier stage's training records, and data_from."""
+"""SFT experiment configs: replay of an earlier stage's training records, data_from, and question_variants."""
 
 import ml_collections
 import pytest
@@ -54,3 +54,30 @@ def test_data_from_with_a_dataset_of_its_own_is_a_clear_error(tmp_path):
     cfg.stages[1].data_from = "crowded"
     with pytest.raises(ValueError, match="data_from names 'crowded', which is not an earlier stage"):
         stage_records(cfg, 1)
+
+
+def test_stage_question_variants_by_name_or_list_and_a_clear_error_otherwise():
+    from rsground_jax.data.chat import BOX_QUESTION, ChatTemplate, box_question_variants
+    from rsground_jax.train.experiment import stage_template
+
+    t = ChatTemplate(system=None, question=BOX_QUESTION)
+    assert stage_template(t, ml_collections.ConfigDict(dict(name="s"))) is t
+    named = stage_template(t, ml_collections.ConfigDict(dict(name="s", question_variants="box")))
+    assert named.question == BOX_QUESTION and named.question_variants == box_question_variants()
+    listed = stage_template(t, ml_collections.ConfigDict(dict(name="s", question_variants=['Find "{expression}".'])))
+    assert listed.questions == (BOX_QUESTION, 'Find "{expression}".')
+    with pytest.raises(ValueError, match="stage s: question_variants='boxes' is not one of"):
+        stage_template(t, ml_collections.ConfigDict(dict(name="s", question_variants="boxes")))
+    with pytest.raises(ValueError, match="stage s: question_variants: .*must contain"):
+        stage_template(t, ml_collections.ConfigDict(dict(name="s", question_variants=["Find it."])))
+
+
+def test_data_seed_pins_a_stages_synthetic_scenes(tmp_path):
+    import json
+
+    cfg = _cfg(tmp_path, replay=[])
+    cfg.stages[1].data_seed = 11
+    stage_records(cfg, 0), stage_records(cfg, 1)
+    with open(tmp_path / "data_single" / "rsground_synthetic.json") as f0, \
+            open(tmp_path / "data_crowded" / "rsground_synthetic.json") as f1:
+        assert json.load(f0)["seed"] == 3 and json.load(f1)["seed"] == 11  # default: config seed + index
