@@ -3,7 +3,7 @@
 Plain box answers (no reasoning), a curriculum from one object per image to scenes with several objects per
 category and positional cues, all on plain ground of one colour, 112x112 pixel budget (16 image tokens). The
 vision tower stays frozen at its random initialization until the decoder reads it, and is trained at 0.3x
-the rate after that (why: docs/base_model.md). Reproduce with
+the rate after that; the last stage asks each question in one of many phrasings (why: docs/base_model.md). Reproduce with
     rsground sft --config configs/base_pretrain.py
 (the same as `python tools/train_base.py`); add `--resume` to continue from the stage checkpoints in `workdir`.
 """
@@ -62,6 +62,12 @@ def get_config():
         # does not use the frozen features on cluttered ground (loss with shuffled images equal to the real one).
         stage("positional", ml_collections.ConfigDict(dict(preset="demo")), 4000, 2000, 32, 1e-3, 0.1,
               freeze_vision=False),
+        # The same kind of scenes (another 4,000), each record asked in one of 256 phrasings of the question
+        # (`question_variants`, 6 to 85 tokens). Trained on BOX_QUESTION alone the model reads the box only
+        # after exactly that text: "Be precise." appended took one-object Pr@0.5 from 94 % to 0 (session 6,
+        # docs/base_model.md); after this stage every phrasing tried scores 73-88 %.
+        stage("prompts", ml_collections.ConfigDict(dict(preset="demo")), 4000, 2000, 32, 1e-3, 0.1,
+              freeze_vision=False),
     ]
     c.stages[1].data_from = "single"
     c.stages[1].vision_lr_scale = 0.3
@@ -70,4 +76,12 @@ def get_config():
     # forgets most of it (session 4: one-object Pr@0.5 from 38 % to 11 % on fresh scenes; with them 38 %).
     c.stages[2].replay = ["single"]
     c.stages[2].vision_lr_scale = 0.3
+    c.stages[3].replay = ["single"]
+    c.stages[3].vision_lr_scale = 0.3
+    c.stages[3].question_variants = "box"  # rsground_jax.data.chat.box_question_variants()
+    c.stages[3].length_buckets = [96, 160]  # the longest phrasings need more than 96 tokens
+    # the scenes and batch order of the run that produced the shipped weights (it ran as stage 1 of a run
+    # started from the exported positional-stage model)
+    c.stages[3].data_seed = 1
+    c.stages[3].seed = 2
     return c

@@ -28,7 +28,7 @@ def test_a_list_of_dicts_becomes_config_dicts():
     ("stages.x.steps=1", "unknown config key 'stages.x'"),
     ("stages.0.nope=1", "unknown config key 'stages.0.nope'"),
     ("stages.0.steps=many", "steps is a int, got str"),
-    ("stages.9=1", "not an index of the 3-element list stages"),
+    ("stages.9=1", "not an index of the 4-element list stages"),
     ("seed", "must look like key.sub=value"),
 ])
 def test_bad_overrides_name_the_key(override, message):
