@@ -33,7 +33,7 @@ def get_config():
     s.batch_size = 16
     s.lr = 1e-3
     s.warmup_steps = 20
-    s.freeze_vision = True  # as the base was trained (its vision tower is the frozen random one)
+    s.freeze_vision = True  # the tower stays as the base left it (as in `rsground demo`)
     s.accum_steps = 1
     c.stages = [s]
     return c

@@ -6,8 +6,8 @@
    configs/base_pretrain.py).
 3. Scores on the test expressions whose target shares its category with another object in the image:
    the best constant box (the box that maximizes meanIoU on the training split), the base model, and the
-   model after CoT-SFT on the training split (reasoning, then the box; the vision tower stays frozen, as
-   in the base's pretraining, unless --train-vision).
+   model after CoT-SFT on the training split (reasoning, then the box; the vision tower stays frozen
+   unless --train-vision).
 4. Prints the table (Pr@0.5, meanIoU) and writes results, predictions and pictures to the work directory.
 """
 
@@ -34,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the box) or 'full' (also the image size, every candidate box and the evidence)")
     p.add_argument("--base", default="base", help="base model directory ('base': the packaged one)")
     p.add_argument("--train-vision", action="store_true",
-                   help="also train the vision tower during CoT-SFT (the packaged base was pretrained with its "
-                        "vision tower frozen at its random initialization, see configs/base_pretrain.py)")
+                   help="also train the vision tower during CoT-SFT (by default it stays as the base left it)")
     p.set_defaults(func=run)
 
 
