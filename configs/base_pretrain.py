@@ -3,7 +3,8 @@
 Plain box answers (no reasoning), a curriculum from one object per image to scenes with several objects per
 category and positional cues, all on plain ground of one colour, 112x112 pixel budget (16 image tokens). The
 vision tower stays frozen at its random initialization until the decoder reads it, and is trained at 0.3x
-the rate after that; the last stage asks each question in one of many phrasings (why: docs/base_model.md). Reproduce with
+the rate after that; the last stage asks each question in one of many phrasings (why: docs/base_model.md).
+Reproduce with
     rsground sft --config configs/base_pretrain.py
 (the same as `python tools/train_base.py`); add `--resume` to continue from the stage checkpoints in `workdir`.
 """
