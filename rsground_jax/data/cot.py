@@ -2,10 +2,13 @@
 
 `make_cot(record, processor, seed)` writes
 
-    <think>{image size} {where the cue points} {candidates considered} {conclusion}</think><answer>[x1, y1, x2, y2]</answer>
+    <think>{image size} {where the cue points} {candidates considered} {conclusion}</think>
+    <answer>
+    [x1, y1, x2, y2]
+    </answer>
 
-for any record, synthetic or real. All coordinates in the text are in the model's resized-pixel frame
-(`boxes.original_to_resized`, the frame the processor resizes the image to); the answer is
+(`ANSWER_LAYOUT`) for any record, synthetic or real. All coordinates in the text are in the model's
+resized-pixel frame (`boxes.original_to_resized`, the frame the processor resizes the image to); the answer is
 `boxes.answer_box` of the ground truth, so parsing it back and applying `boxes.resized_to_original` lands
 within half a resized pixel of the annotation.
 
@@ -27,6 +30,14 @@ them, so a record's text is reproducible.
 with the pixels it fixes (an absolute cue's region span, a relative cue's anchor box and edge), and no image
 size or candidates; for free-form text, the region as above. The tiny demo model cannot list candidates it
 does not find, and every reasoning token moves its box further from the image (docs/base_model.md).
+
+Why the box sits on a line of its own: a plain-box model (the packaged base, Qwen2.5-VL asked for a box)
+answers `[x1, ...` right after the assistant turn's newline, so its box starts with the tokens `\n`, `[`.
+Written flush, `<answer>[` goes through Qwen's pre-tokenizer as `<answer` + `>[` (one punctuation run, merged
+by the BPE), so the box would start with a token the model has never read a box after, or begun a box with.
+On its own line the box keeps the plain answer's tokens (`\n`, `[`, digits, `]`), and CoT-SFT can reuse the
+model's box reading instead of learning it again (docs/base_model.md, "Session 7"). The `<think>`/`<answer>`
+format regex of REFERENCE.md allows the whitespace.
 """
 
 from __future__ import annotations
@@ -86,12 +97,14 @@ _KEYWORD_REGIONS = [
     (re.compile(r"\bleft\b(?! of)"), "left"),
     (re.compile(r"\bright\b(?! of)"), "right"),
 ]
+# The reasoning, then the box on a line of its own (see the module docstring for why the newlines).
+ANSWER_LAYOUT = "<think>{think}</think>\n<answer>\n{box}\n</answer>"
 _ANSWER = re.compile(r"<answer>\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]\s*</answer>")
 
 
 @dataclasses.dataclass(frozen=True)
 class CotTarget:
-    text: str  # "<think>...</think><answer>[x1, y1, x2, y2]</answer>"
+    text: str  # ANSWER_LAYOUT: "<think>...</think>\n<answer>\n[x1, y1, x2, y2]\n</answer>"
     answer_box: tuple[int, int, int, int]  # resized frame
     resized_hw: tuple[int, int]
     cue_kind: str  # synthetic cue kind, or "free" for expressions outside the synthetic grammar
@@ -155,7 +168,7 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed, *, brief:
         steps = _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer)
     else:
         steps = _full_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, answer)
-    text = "<think>" + " ".join(steps) + "</think><answer>" + fmt(answer) + "</answer>"
+    text = ANSWER_LAYOUT.format(think=" ".join(steps), box=fmt(answer))
     return CotTarget(text, answer, (rh, rw), "free" if cue is None else cue.kind)
 
 

@@ -279,8 +279,17 @@ def default_small_corpus(num_images: int = 400, seed: int = 0) -> list[str]:
                     continue
                 rec = GroundingRecord("", img.width, img.height, o.box, e, o.category, tuple(objs[:j] + objs[j + 1 :]))
                 texts.append(template.question.format(expression=e))
-                texts.append(cot.make_cot(rec, processor, [seed, i, j]).text)
+                texts.append(_flush(cot.make_cot(rec, processor, [seed, i, j]).text))
                 # The same object under a free-form expression and without categories (the real-data path).
                 free = dataclasses.replace(rec, expression=f"a {cot.display_name(o.category)} near the road", category=None)
-                texts.append(cot.make_cot(free, processor, [seed, i, j]).text)
+                texts.append(_flush(cot.make_cot(free, processor, [seed, i, j]).text))
     return texts
+
+
+def _flush(cot_text: str) -> str:
+    """A CoT target in the layout the shipped small tokenizer was trained on: `</think><answer>[...]</answer>`.
+
+    Its vocabulary is frozen: the packaged base model's embeddings are indexed by it. Trained on today's layout
+    (the box on its own line, `cot.ANSWER_LAYOUT`), BPE would learn `>\n` and `]\n` in place of `>[` and `]</`,
+    renumbering two ids and merging the newline before the box into the `>` of `<answer>`."""
+    return cot_text.replace("</think>\n<answer>\n", "</think><answer>").replace("]\n</answer>", "]</answer>")

@@ -18,7 +18,7 @@ def test_synth_writes_a_readable_dataset(tmp_path, capsys):
     assert main(["data", "check", str(out), "--split", "test"]) == 0
     assert "0 skipped" in capsys.readouterr().out
     assert main(["data", "show", str(out), "--split", "train", "--count", "1"]) == 0
-    assert "<answer>[" in capsys.readouterr().out
+    assert "<answer>\n[" in capsys.readouterr().out
 
 
 def test_synth_user_errors(tmp_path, capsys):

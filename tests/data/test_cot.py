@@ -13,7 +13,7 @@ from rsground_jax.data.cot import keyword_region, make_cot, parse_answer_box
 from rsground_jax.data.records import AnnotatedObject, GroundingRecord
 from rsground_jax.models.processor import ImageProcessor
 
-FORMAT = re.compile(r"^<think>[^<>]+</think><answer>\[\d+, \d+, \d+, \d+\]</answer>$")
+FORMAT = re.compile(r"^<think>[^<>]+</think>\n<answer>\n\[\d+, \d+, \d+, \d+\]\n</answer>$")
 
 PROCESSORS = [
     ImageProcessor(),  # Qwen2.5-VL defaults: 56x56 .. 28x28x1280 pixels
@@ -200,3 +200,31 @@ def test_brief_cot_for_free_form_text_names_the_region_the_target_is_in():
     r = GroundingRecord("x.jpg", 800, 800, (700, 20, 760, 60), "the bridge in the upper left of the river", "bridge")
     # the target is not in the named region: the trace names the cell it is in instead
     assert make_cot(r, p, 0, brief=True).text.startswith("<think>The upper right is x 541-812, y 0-271.</think>")
+
+
+def _contains_run(ids, run) -> bool:
+    return any(list(ids[i : i + len(run)]) == list(run) for i in range(len(ids) - len(run) + 1))
+
+
+@pytest.mark.parametrize("brief", [False, True])
+def test_cot_answer_box_has_the_plain_answers_tokens(synth_root, small_tokenizer, qwen_tokenizer, brief):
+    """A plain-box answer starts right after the assistant turn's newline; inside `<answer>` the box must be
+    the same token run (so CoT-SFT can reuse the box reading), not `>[`-merged. The small tokenizer also keeps
+    the newline before it as its own token, exactly as after `assistant`, and the closing `]`; Qwen's merges
+    `]\n` into one token, so there the run is the box up to its last digit."""
+    from rsground_jax.data import load_split
+
+    p = ImageProcessor(min_pixels=112 * 112, max_pixels=224 * 224)
+    newline = small_tokenizer.encode("\n", add_special_tokens=False)
+    for i, r in enumerate(load_split(synth_root, "train")[:40]):
+        cot = make_cot(r, p, [0, i], brief=brief)
+        box = B.format_box(cot.answer_box)
+        for tok, cut in ((small_tokenizer, None), (qwen_tokenizer, -1)):
+            plain = tok.encode(box, add_special_tokens=False)[:cut]
+            assert _contains_run(tok.encode(cot.text, add_special_tokens=False), plain), (tok, cot.text)
+        small = small_tokenizer.encode(cot.text, add_special_tokens=False)
+        assert _contains_run(small, newline + small_tokenizer.encode(box, add_special_tokens=False)), cot.text
+    # Written flush, the box would not be that run: this is what the layout avoids.
+    flush = cot.text.replace("\n", "")
+    assert not _contains_run(small_tokenizer.encode(flush, add_special_tokens=False),
+                             small_tokenizer.encode(box, add_special_tokens=False))
