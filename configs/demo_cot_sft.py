@@ -20,20 +20,21 @@ def get_config():
     c.max_pixels = 112 * 112  # the base model's pixel budget
     c.template_system = ""  # none, as the base was pretrained: the tokens around the image stay the same
     c.template_question = DEFAULT_QUESTION  # reasoning in <think>, then the box in <answer>
-    c.answer_style = "cot"
-    c.length_bucket = 384
+    c.answer_style = "brief_cot"  # `rsground demo`'s default reasoning (--cot brief); "cot" lists every candidate
+    c.length_bucket = 192
     c.eval_images = 120
-    c.max_new_tokens = 320
+    c.max_new_tokens = 96
 
     s = ml_collections.ConfigDict()
     s.name = "cot_sft"
     s.synth = ml_collections.ConfigDict(dict(preset="demo"))  # plain ground, 2-3 objects per category
-    s.num_images = 500
-    s.steps = 600
+    s.num_images = 2000
+    s.steps = 1200
     s.batch_size = 16
     s.lr = 1e-3
     s.warmup_steps = 20
     s.freeze_vision = True  # the tower stays as the base left it (as in `rsground demo`)
     s.accum_steps = 1
+    s.length_buckets = [128, 192]  # as in `rsground demo`
     c.stages = [s]
     return c

@@ -23,11 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic data -> base model -> CoT-SFT -> evaluation, on the CPU",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and results go")
-    p.add_argument("--num-images", type=int, default=500, help="synthetic images to generate")
-    p.add_argument("--steps", type=int, default=600, help="CoT-SFT steps")
+    p.add_argument("--num-images", type=int, default=2000, help="synthetic images to generate (80 %% train, 10 %% test)")
+    p.add_argument("--steps", type=int, default=1200, help="CoT-SFT steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-images", type=int, default=120, help="test expressions scored (same-category scenes)")
+    p.add_argument("--eval-images", type=int, default=800,
+                   help="test expressions scored at most (those whose target shares its category)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--cot", choices=("brief", "full"), default="brief",
                    help="reasoning form: 'brief' (the cue restated in one sentence, with the pixels it fixes, then "
