@@ -24,6 +24,7 @@ position `t - 1` are trained to predict `input_ids[t]`. The targets are the answ
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -60,15 +61,8 @@ def box_question_variants() -> tuple[str, ...]:
     after = ("", " Its position and size matter.", " Coordinates are pixels from the top left.")
     closers = (" Give its box [x1, y1, x2, y2].", " Answer with [x1, y1, x2, y2].",
                " Reply with its bounding box [x1, y1, x2, y2] in pixels, nothing else.", "")
-    out = []
-    for o in openers:
-        for b in before:
-            for a in after:
-                for c in closers:
-                    q = f"{b}{o}{a}{c}"
-                    if q != BOX_QUESTION and len(q) <= MAX_VARIANT_CHARS:
-                        out.append(q)
-    return tuple(out)
+    combos = (f"{b}{o}{a}{c}" for o, b, a, c in itertools.product(openers, before, after, closers))
+    return tuple(q for q in combos if q != BOX_QUESTION and len(q) <= MAX_VARIANT_CHARS)
 
 
 @dataclasses.dataclass(frozen=True)
