@@ -4,6 +4,12 @@ Prompts are left-padded to a static length so every sequence's next token sits a
 token i of sequence b goes to cache slot `prompt_len + i` with M-RoPE position `max(prompt positions) + 1 + i`
 on all three axes (what transformers derives from `rope_deltas`). Decoding stops per sequence at an end
 token; finished sequences emit `pad_id`. The whole generation is one compiled program per static shape.
+
+Given a device mesh, the batch is split over its data axis: each device generates its own rows with a full
+copy of the weights (what rollouts over a `data` axis do; the weights' own sharding is for the training
+step). The prompt rows, the KV cache and the token buffer carry the batch sharding through the loop, so
+no device ever holds another's cache, and the per-sequence stop is decided on every device together (the
+loop runs while any row anywhere is unfinished).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ..models.qwen2_5_vl.layers import argmax_first
 from ..models.qwen2_5_vl.model import Qwen25VL
@@ -61,24 +69,47 @@ def _pick(logits: jax.Array, cfg: SamplingConfig, key) -> jax.Array:
     return argmax_first(filtered + jax.random.gumbel(key, filtered.shape, filtered.dtype))
 
 
-def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfig):
-    """Pure generation function (jit it with `cfg` static). Returns tokens [b, max_new] and lengths [b]."""
+def _by_rows(x: jax.Array, batch_axis: int, rows: tuple[Mesh, str] | None) -> jax.Array:
+    """Constrain x's `batch_axis` to the mesh's data axis (every other axis whole on each device)."""
+    if rows is None:
+        return x
+    mesh, axis = rows
+    spec = [None] * x.ndim
+    spec[batch_axis] = axis
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
+
+
+def _cache_by_rows(cache: KVCache, rows) -> KVCache:
+    if rows is None:
+        return cache
+    if cache.is_per_layer:  # [b, ...] per layer
+        k = tuple(_by_rows(x, 0, rows) for x in cache.k)
+        v = tuple(_by_rows(x, 0, rows) for x in cache.v)
+    else:  # [layers, b, ...]
+        k, v = _by_rows(cache.k, 1, rows), _by_rows(cache.v, 1, rows)
+    return KVCache(k, v, _by_rows(cache.valid, 0, rows))
+
+
+def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfig,
+                rows: tuple[Mesh, str] | None = None):
+    """Pure generation function (jit it with `cfg` and `rows` static). Returns tokens [b, max_new] and
+    lengths [b]. `rows`: (mesh, data axis) to split the batch over, or None for one device."""
     model: Qwen25VL = nnx.merge(graphdef, state)
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
     b, prompt_len = ids.shape
     total = prompt_len + cfg.max_new_tokens
     cache_dtype = jnp.dtype(cfg.cache_dtype) if cfg.cache_dtype else jnp.dtype(model.dtype)
-    cache = KVCache.init(model.config.text, b, total, cache_dtype)
+    cache = _cache_by_rows(KVCache.init(model.config.text, b, total, cache_dtype), rows)
     logits, cache = model.forward(ids, mask, pos, batch.get("pixel_values"), batch.get("vision"),
                                   cache=cache, cache_index=0, logits_slice=slice(-1, None))
     start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [b]
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     layers = model.text.layer_params(model.dtype)  # sliced (and cast) once here, not once per token in the loop
-    cache = cache.per_layer()  # likewise: each layer's own buffer, read and updated in place
+    cache = _cache_by_rows(cache.per_layer(), rows)  # likewise: each layer's own buffer, updated in place
 
     key, sub = jax.random.split(key)
     first = _pick(logits[:, -1], cfg, sub)
-    tokens = jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first)
+    tokens = _by_rows(jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first), 0, rows)
     done = jnp.isin(first, eos)
     lengths = jnp.ones((b,), jnp.int32)
 
@@ -94,7 +125,8 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
                                            cache_index=prompt_len + i - 1, layers=layers)
         key, sub = jax.random.split(key)
         nxt = jnp.where(done, cfg.pad_id, _pick(step_logits[:, -1], cfg, sub))
-        tokens = tokens.at[:, i].set(nxt)
+        tokens = _by_rows(tokens.at[:, i].set(nxt), 0, rows)
+        cache = _cache_by_rows(cache, rows)
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(nxt, eos)
         return i + 1, tokens, lengths, done, cache, key
@@ -104,14 +136,40 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
 
 
 class Sampler:
-    """Compiles `generate_fn` once per (batch shape, sampling config) and runs it on prepared batches."""
+    """Compiles `generate_fn` once per (batch shape, sampling config) and runs it on prepared batches.
 
-    def __init__(self, model: Qwen25VL):
-        self.graphdef, self.state = nnx.split(model)
-        self._fn = jax.jit(generate_fn, static_argnums=(0, 4))
+    mesh: a `jax.sharding.Mesh` whose `data_axis` the batch is split over (the batch size must divide by
+    that axis' size); None runs on the default device. The weights are replicated over the mesh.
+    """
+
+    def __init__(self, model: Qwen25VL, mesh: Mesh | None = None, data_axis: str = "data"):
+        self._rows = None
+        if mesh is not None:
+            if data_axis not in mesh.axis_names:
+                raise ValueError(f"the mesh has no axis {data_axis!r} to split the batch over "
+                                 f"(its axes: {mesh.axis_names})")
+            # sharding constraints inside the loop need Auto axes; `jax.make_mesh` makes Explicit ones
+            mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+            self._rows = (mesh, data_axis)
+        self._fn = jax.jit(generate_fn, static_argnums=(0, 4, 5))
+        self.update(model)
 
     def update(self, model: Qwen25VL) -> None:
         self.graphdef, self.state = nnx.split(model)
+        if self._rows is not None:
+            self.state = jax.device_put(self.state, NamedSharding(self._rows[0], P()))
+
+    def _place(self, arrays: dict, key: jax.Array):
+        """Rows of the prompt arrays to their devices; the vision inputs (flattened over images) and the key
+        replicated."""
+        mesh, axis = self._rows
+        n, b = mesh.shape[axis], arrays["input_ids"].shape[0]
+        if b % n:
+            raise ValueError(f"a batch of {b} does not split evenly over the {n} devices of mesh axis "
+                             f"{axis!r}: pad it to a multiple of {n}")
+        specs = {"input_ids": P(axis), "attention_mask": P(axis), "position_ids": P(None, axis)}
+        put = {k: jax.device_put(v, NamedSharding(mesh, specs.get(k, P()))) for k, v in arrays.items()}
+        return put, jax.device_put(key, NamedSharding(mesh, P()))
 
     def __call__(self, batch: dict, cfg: SamplingConfig, key: jax.Array | None = None):
         """batch: output of `prepare_inputs` (left-padded) plus `pixel_values`; returns numpy tokens, lengths."""
@@ -123,7 +181,9 @@ class Sampler:
         if batch.get("vision") is not None:
             arrays["pixel_values"] = batch["pixel_values"]
             arrays["vision"] = batch["vision"]
-        tokens, lengths = self._fn(self.graphdef, self.state, arrays, key, cfg)
+        if self._rows is not None:
+            arrays, key = self._place(arrays, key)
+        tokens, lengths = self._fn(self.graphdef, self.state, arrays, key, cfg, self._rows)
         return np.asarray(tokens), np.asarray(lengths)
 
 

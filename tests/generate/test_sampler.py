@@ -97,3 +97,68 @@ def test_sampled_token_is_jax_categorical_draw(rng):
             want = jax.random.categorical(key, _filter_logits(logits, cfg), axis=-1)
             np.testing.assert_array_equal(_pick(logits, cfg, key), want)
     np.testing.assert_array_equal(_pick(logits, SamplingConfig(), None), jnp.argmax(logits, -1))
+
+
+_SPLIT_CHILD = r"""
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_default_matmul_precision", "highest")
+import numpy as np
+from flax import nnx
+from rsground_jax.generate import Sampler, SamplingConfig
+from rsground_jax.models import Qwen25VL
+from tests.generate.test_sampler import CFG, _prompts
+
+seed = int(sys.argv[1])
+rng = np.random.default_rng(seed)
+model = Qwen25VL(CFG, rngs=nnx.Rngs(seed))
+batch, _ = _prompts(rng, CFG, n=4)
+one, two = Sampler(model), Sampler(model, jax.make_mesh((2,), ("data",)))
+key = jax.random.key(seed)
+sampled = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20)
+free, _ = one(batch, sampled, key)
+eos = int(free[1, 2])  # row 1 (on the first device) stops at its third token, the others run on
+for cfg in (SamplingConfig(max_new_tokens=10), sampled,
+            SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, eos_ids=(eos,), pad_id=299)):
+    a, b = one(batch, cfg, key), two(batch, cfg, key)
+    np.testing.assert_array_equal(a[0], b[0], err_msg=str(cfg))
+    np.testing.assert_array_equal(a[1], b[1], err_msg=str(cfg))
+assert a[1][1] <= 3 and (a[0][1, a[1][1]:] == 299).all(), a
+assert len(set(map(tuple, free.tolist()))) > 1  # the rows differ, so a row landing in the wrong place shows
+
+# the program really splits: its token buffer comes back one half on each device
+arrays, k = two._place({n: batch[n] for n in ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                                              "vision")}, key)
+out = two._fn(two.graphdef, two.state, arrays, k, sampled, two._rows)[0]
+assert {tuple(s.data.shape) for s in out.addressable_shards} == {(2, 10)}, out.sharding
+
+odd, _ = _prompts(rng, CFG, n=3)
+try:
+    two(odd, sampled, key)
+except ValueError as e:
+    assert "does not split evenly" in str(e), e
+else:
+    raise AssertionError("an odd batch split over 2 devices did not raise")
+try:
+    Sampler(model, jax.make_mesh((2,), ("fsdp",)))
+except ValueError as e:
+    assert "no axis 'data'" in str(e), e
+else:
+    raise AssertionError("a mesh without a data axis did not raise")
+print("ok")
+"""
+
+
+def test_batch_split_over_devices_matches_one_device(rng):
+    """With a 2-device mesh each device generates half the rows: greedy, sampled (the same key) and with a
+    row that stops early, the tokens and lengths equal the one-device run's; a batch that does not split
+    and a mesh without the data axis are refused."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", _SPLIT_CHILD, str(int(rng.integers(2**31)))], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-4000:]
