@@ -1,11 +1,15 @@
 """Sampler throughput (generated tokens per second): our jitted KV-cache sampler against transformers'
 `generate` on the same model (our weights exported to HF) and the same prompts, greedy, float32, CPU.
 
-    python benchmarks/sampler_throughput.py [--new-tokens 64] [--batches 1 8 32] [--models tiny 50m]
+    python benchmarks/sampler_throughput.py [--new-tokens 64] [--batches 1 8 32] [--models tiny 50m] [--devices N]
 
 Each prompt is one 112x112 image (16 image tokens) plus ~20 text tokens; every sequence generates exactly
 --new-tokens tokens (no end token). Ours is timed after compilation (compile time printed separately), the
 median of --reps runs; the target is >= 3x transformers' tokens/s at batch 8 and above.
+
+Ours runs twice: on one device, and with the batch split over --devices CPU devices (default: the CPUs
+this process may use; `Sampler(model, mesh)`, one XLA:CPU device per core, each generating its own rows).
+A batch that does not divide by --devices is run on one device only.
 """
 
 from __future__ import annotations
@@ -57,10 +61,14 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--models", nargs="+", default=["tiny", "50m"])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--devices", type=int, default=len(os.sched_getaffinity(0)))
     args = ap.parse_args()
     reexec_with_hugepages(sys.argv)  # XLA:CPU's per-call temporaries on huge pages, as `rsground` runs
     print(f"malloc on transparent huge pages: {hugepages_active()} (both sides; RSGROUND_NO_HUGEPAGES=1 turns it off)")
 
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", args.devices)  # before the backend starts
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -69,7 +77,10 @@ def main():
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs; {args.new_tokens} new tokens per sequence, greedy")
-    print(f"{'model':>6s} {'batch':>5s} {'ours tok/s':>11s} {'hf tok/s':>9s} {'ratio':>6s} {'ours compile s':>15s}")
+    n_dev = args.devices
+    mesh = jax.make_mesh((n_dev,), ("data",)) if n_dev > 1 else None
+    print(f"{'model':>6s} {'batch':>5s} {'ours tok/s':>11s} {f'ours x{n_dev} tok/s':>15s} {'hf tok/s':>9s} "
+          f"{'ratio':>6s} {f'ratio x{n_dev}':>8s} {'ours compile s':>15s}")
     rng = np.random.default_rng(0)
     for name in args.models:
         model = build(name)
@@ -78,6 +89,7 @@ def main():
             save_pretrained(model, d)
             hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(d).eval()
         sampler = Sampler(model)
+        split = Sampler(model, mesh) if mesh is not None else None
         scfg = SamplingConfig(max_new_tokens=args.new_tokens)
         for batch in args.batches:
             prep, pix, ids = prompts(cfg, batch, rng)
@@ -89,6 +101,13 @@ def main():
                 t = time.perf_counter()
                 sampler(prep, scfg)
                 ours.append(time.perf_counter() - t)
+            ours_split, split_tokens = [], ours_tokens
+            if split is not None and batch % n_dev == 0:
+                split_tokens, _ = split(prep, scfg)  # compiles
+                for _ in range(args.reps):
+                    t = time.perf_counter()
+                    split(prep, scfg)
+                    ours_split.append(time.perf_counter() - t)
             kw = dict(input_ids=torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
                       pixel_values=torch.tensor(pix["pixel_values"]), image_grid_thw=torch.tensor(pix["image_grid_thw"]),
                       mm_token_type_ids=torch.tensor((ids == cfg.image_token_id).astype(np.int64)))
@@ -99,11 +118,14 @@ def main():
                     out = hf.generate(**kw, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                       do_sample=False, eos_token_id=None, pad_token_id=0)
                 ref.append(time.perf_counter() - t)
-            same = np.array_equal(out[:, ids.shape[1]:].numpy(), ours_tokens)
+            same = (np.array_equal(out[:, ids.shape[1]:].numpy(), ours_tokens)
+                    and np.array_equal(ours_tokens, split_tokens))
             n_tok = batch * args.new_tokens
             o, r = n_tok / np.median(ours), n_tok / np.median(ref)
-            print(f"{name:>6s} {batch:5d} {o:11.0f} {r:9.0f} {o / r:6.1f} {compile_s:15.1f}"
-                  + ("" if same else "   (greedy tokens differ from transformers')"), flush=True)
+            o2 = f"{n_tok / np.median(ours_split):15.0f}" if ours_split else f"{'-':>15s}"
+            r2 = f"{n_tok / np.median(ours_split) / r:8.1f}" if ours_split else f"{'-':>8s}"
+            print(f"{name:>6s} {batch:5d} {o:11.0f} {o2} {r:9.0f} {o / r:6.1f} {r2} {compile_s:15.1f}"
+                  + ("" if same else "   (greedy tokens differ between the runs)"), flush=True)
         print(f"  ({name}: {count_params(cfg) / 1e6:.1f}M parameters)")
 
 
