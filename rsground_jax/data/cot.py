@@ -26,10 +26,10 @@ What the reasoning says:
 Each step has several phrasings; `seed` (an int or a sequence such as `[base_seed, record_index]`) picks
 them, so a record's text is reproducible.
 
-`make_cot(..., brief=True)` (answer style "brief_cot") writes one fixed sentence instead: the cue restated,
-with the pixels it fixes (an absolute cue's region span, a relative cue's anchor box and edge), and no image
-size or candidates; for free-form text, the region as above. The tiny demo model cannot list candidates it
-does not find, and every reasoning token moves its box further from the image (docs/base_model.md).
+`make_cot(..., brief=True)` (answer style "brief_cot") writes one short fixed sentence instead: the cue
+restated in words ("In the lower left.", "Number 2 from the left."), with no number, no category noun, no
+image size and no candidates; for free-form text, the region as above. The tiny demo model cannot list
+candidates it does not find, and it copies numbers from its trace into its box (docs/base_model.md).
 
 Why the box sits on a line of its own: a plain-box model (the packaged base, Qwen2.5-VL asked for a box)
 answers `[x1, ...` right after the assistant turn's newline, so its box starts with the tokens `\n`, `[`.
@@ -165,7 +165,7 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed, *, brief:
     candidates.sort(key=_top_to_bottom)
 
     if brief:
-        steps = _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer)
+        steps = _brief_steps(cue, record, answer, rw, rh)
     else:
         steps = _full_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, answer)
     text = ANSWER_LAYOUT.format(think=" ".join(steps), box=fmt(answer))
@@ -281,23 +281,30 @@ def _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, 
     raise ValueError(f"unknown cue kind {cue.kind!r}")
 
 
-def _brief_steps(cue, record, objects, noun, rw, rh, rbox, fmt, answer) -> list[str]:
-    """The cue restated in one short sentence, with the pixels it fixes where it fixes any (an absolute cue's
-    region, a relative cue's anchor), and nothing the expression does not say: for a small model every token
-    of reasoning is one more the box must wait for, and a fact it would have to find in the image first."""
+_RELATION_WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below", "nearest": "closest to"}
+
+
+def _brief_steps(cue, record, answer, rw, rh) -> list[str]:
+    """The cue restated in a few words, without the category noun and without a number: "In the lower
+    left.", "Number 2 from the left.", "The largest one.", "The one left of the storage tank.", "The only
+    one." For free-form text, the region as `_free_region` finds it.
+
+    Why so little (docs/base_model.md, session 10): the 1.8M demo model copies what the trace says into its
+    box. A region's pixel span ("x 75-112") pulled the box's edges onto the span's (Pr@0.5 on absolute cues
+    20.5 % against 22.2 % without it, after the same 1,200 steps), a relative cue's anchor box must be found
+    in the image first and was never right, and restating the noun let it write the wrong category ("the
+    smaller airplane" -> "The smallest ship.") and then box that."""
     if cue is None or cue.kind == "absolute":
         region = _free_region(record, answer, rw, rh) if cue is None else cue.region
-        return [f"The {region} is {_span(synthetic.region_bounds(region, rw, rh))}."]
+        return [f"In the {region}."]
     if cue.kind == "unique":
-        return [f"The only {noun}."]
+        return ["The only one."]
     if cue.kind == "relative":
-        ab = rbox(next(o for o in objects if o.category == cue.anchor).box)
-        side = "centre closest to it" if cue.relation == "nearest" else _edge(cue.relation, ab)
-        return [f"The {display_name(cue.anchor)} is at {fmt(ab)}; the {noun} has its {side}."]
+        return [f"The one {_RELATION_WORDS[cue.relation]} the {display_name(cue.anchor)}."]
     if cue.kind == "ordinal":
         return [f"Number {cue.rank} from the {cue.direction}."]
     if cue.kind == "size":
-        return [f"The {'largest' if cue.extreme == 'largest' else 'smallest'} {noun}."]
+        return [f"The {'largest' if cue.extreme == 'largest' else 'smallest'} one."]
     raise ValueError(f"unknown cue kind {cue.kind!r}")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rsground_jax.data import boxes as B
+from rsground_jax.data import cot as cot_module
 from rsground_jax.data import synthetic as S
 from rsground_jax.data.cot import keyword_region, make_cot, parse_answer_box
 from rsground_jax.data.records import AnnotatedObject, GroundingRecord
@@ -164,9 +165,9 @@ def test_candidates_are_listed_top_to_bottom(synth_root):
     assert checked >= 5
 
 
-def test_brief_cot_restates_the_cue_and_names_no_box_but_the_anchor(synth_root):
-    """The brief form (answer_style="brief_cot") says what the expression fixes, in pixels where it fixes
-    pixels, and nothing that would have to be found in the image first: no candidate list, no image size."""
+def test_brief_cot_restates_the_cue_in_words_without_numbers_or_the_noun(synth_root):
+    """The brief form (answer_style="brief_cot") restates what the expression fixes, in words: no number (the
+    demo model copies them into its box), no category noun, no candidate list, no image size."""
     from rsground_jax.data import load_split
 
     p = ImageProcessor(max_pixels=112 * 112)
@@ -177,21 +178,19 @@ def test_brief_cot_restates_the_cue_and_names_no_box_but_the_anchor(synth_root):
         assert brief.answer_box == full.answer_box and brief.cue_kind == full.cue_kind
         assert parse_answer_box(brief.text) == tuple(float(v) for v in full.answer_box)
         assert len(brief.text) < len(full.text)
-        think = brief.text.split("</think>")[0]
-        boxes = re.findall(r"\[\d+, \d+, \d+, \d+\]", think)
+        think = brief.text.split("</think>")[0].removeprefix("<think>")
         cue = S.parse_expression(r.expression)
         kinds.add(cue.kind)
-        rh, rw = brief.resized_hw
-        if cue.kind == "relative":
-            anchor = next(o for o in r.all_objects() if o.category == cue.anchor)
-            assert boxes == [B.format_box(B.answer_box(anchor.box, r.height, r.width, p))], think
-        else:
-            assert boxes == [], think
-        if cue.kind == "absolute":
-            x1, y1, x2, y2 = (int(round(v)) for v in S.region_bounds(cue.region, rw, rh))
-            assert f"The {cue.region} is x {x1}-{x2}, y {y1}-{y2}." in think
-        if cue.kind == "ordinal":
-            assert f"Number {cue.rank} from the {cue.direction}." in think
+        assert not re.search(r"\d", think.replace(f"Number {cue.rank} ", "") if cue.kind == "ordinal" else think), think
+        anchor = cot_module.display_name(cue.anchor) if cue.kind == "relative" else ""
+        assert cot_module.display_name(r.category) not in think.replace(anchor, ""), think
+        want = {"absolute": lambda: f"In the {cue.region}.",
+                "ordinal": lambda: f"Number {cue.rank} from the {cue.direction}.",
+                "size": lambda: f"The {cue.extreme} one.",
+                "unique": lambda: "The only one.",
+                "relative": lambda: f"The one {cot_module._RELATION_WORDS[cue.relation]} the "
+                                    f"{cot_module.display_name(cue.anchor)}."}[cue.kind]()
+        assert think == want, (r.expression, think)
     assert {"absolute", "ordinal", "relative", "size"} <= kinds
 
 
@@ -199,7 +198,7 @@ def test_brief_cot_for_free_form_text_names_the_region_the_target_is_in():
     p = ImageProcessor()
     r = GroundingRecord("x.jpg", 800, 800, (700, 20, 760, 60), "the bridge in the upper left of the river", "bridge")
     # the target is not in the named region: the trace names the cell it is in instead
-    assert make_cot(r, p, 0, brief=True).text.startswith("<think>The upper right is x 541-812, y 0-271.</think>")
+    assert make_cot(r, p, 0, brief=True).text.startswith("<think>In the upper right.</think>")
 
 
 def _contains_run(ids, run) -> bool:
