@@ -29,7 +29,7 @@ def get_config():
     s.name = "cot_sft"
     s.synth = ml_collections.ConfigDict(dict(preset="demo"))  # plain ground, 2-3 objects per category
     s.num_images = 2000
-    s.steps = 1200
+    s.steps = 1800
     s.batch_size = 16
     s.lr = 1e-3
     s.warmup_steps = 20

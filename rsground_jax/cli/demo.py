@@ -24,14 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and results go")
     p.add_argument("--num-images", type=int, default=2000, help="synthetic images to generate (80 %% train, 10 %% test)")
-    p.add_argument("--steps", type=int, default=1200, help="CoT-SFT steps")
+    p.add_argument("--steps", type=int, default=1800, help="CoT-SFT steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-images", type=int, default=800,
                    help="test expressions scored at most (those whose target shares its category)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--cot", choices=("brief", "full"), default="brief",
-                   help="reasoning form: 'brief' (the cue restated in one sentence, with the pixels it fixes, then "
+                   help="reasoning form: 'brief' (the cue restated in a few words, e.g. 'Number 2 from the left.', then "
                         "the box) or 'full' (also the image size, every candidate box and the evidence)")
     p.add_argument("--base", default="base", help="base model directory ('base': the packaged one)")
     p.add_argument("--train-vision", action="store_true",
