@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -63,6 +64,35 @@ def box_question_variants() -> tuple[str, ...]:
                " Reply with its bounding box [x1, y1, x2, y2] in pixels, nothing else.", "")
     combos = (f"{b}{o}{a}{c}" for o, b, a, c in itertools.product(openers, before, after, closers))
     return tuple(q for q in combos if q != BOX_QUESTION and len(q) <= MAX_VARIANT_CHARS)
+
+
+_LEADINS_FIXED = ("Sure.", "Here is the box.", "Found it.", "Answer:", "Here it is:", "The box:", "In pixels:", "Okay.")
+_LEADINS_WITH_EXPRESSION = ("{E}.", "{E}:", "The box of {E}:", "This is {E}.", "I see {E}.", "Located {E}.",
+                            "{E}, in pixels:")
+
+
+def box_answer(box_text: str, expression: str, index: int, leadin_fraction: float) -> str:
+    """A plain-box answer that, for a `leadin_fraction` of records, starts with one or two lead-in sentences
+    ("Sure.", "The box of the first airplane from the right:") and a newline before the box; no reasoning.
+    The draw is fixed per (record index, expression).
+
+    Why: a base pretrained only on answers that begin with the box reads a box only right after the assistant
+    turn's start, so CoT-SFT spends its steps teaching it to read one after the reasoning (docs/base_model.md,
+    session 10). Real Qwen2.5-VL has seen boxes after text."""
+    rng = np.random.default_rng([index, zlib.crc32(expression.encode())])
+    if not rng.random() < leadin_fraction:
+        return box_text
+    e = expression.strip().rstrip(".")
+    e = e[:1].lower() + e[1:]
+    parts = []
+    for _ in range(int(rng.integers(1, 3))):
+        if rng.random() < 0.6:
+            t = _LEADINS_WITH_EXPRESSION[int(rng.integers(len(_LEADINS_WITH_EXPRESSION)))]
+        else:
+            t = _LEADINS_FIXED[int(rng.integers(len(_LEADINS_FIXED)))]
+        t = t.replace("{E}", e)
+        parts.append(t[:1].upper() + t[1:])
+    return " ".join(parts) + "\n" + box_text
 
 
 @dataclasses.dataclass(frozen=True)

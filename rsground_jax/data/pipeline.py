@@ -63,7 +63,7 @@ import numpy as np
 
 from rsground_jax.data import boxes as box_frames
 from rsground_jax.data import images as images_lib
-from rsground_jax.data.chat import ChatEncoder, ChatTemplate, EncodedChat, expand_image_tokens
+from rsground_jax.data.chat import ChatEncoder, ChatTemplate, EncodedChat, box_answer, expand_image_tokens
 from rsground_jax.data.cot import make_cot
 from rsground_jax.data.images import FileImages
 from rsground_jax.data.records import DataError, GroundingRecord
@@ -100,10 +100,16 @@ class PipelineConfig:
     # SFT target: "cot" (<think>...</think><answer>[box]</answer>), "brief_cot" (the same with a one-sentence
     # trace, `cot.make_cot(brief=True)`) or "box" ([box] only)
     answer_style: str = "cot"
+    # "box" answers only: the fraction that start with a lead-in sentence (`chat.box_answer`)
+    leadin_fraction: float = 0.0
 
     def __post_init__(self):
         if self.answer_style not in ANSWER_STYLES:
             raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
+        if not 0.0 <= self.leadin_fraction <= 1.0:
+            raise ValueError(f"leadin_fraction must be in [0, 1], got {self.leadin_fraction}")
+        if self.leadin_fraction and self.answer_style != "box":
+            raise ValueError(f"leadin_fraction applies to answer_style='box' only, not {self.answer_style!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.shard_index < self.shard_count:
@@ -194,6 +200,7 @@ def _plan(
     cot_seed: int,
     max_length: int | None,
     answer_style: str = "cot",
+    leadin_fraction: float = 0.0,
     on_overflow: str,
     images=None,
 ) -> Plan:
@@ -210,7 +217,9 @@ def _plan(
     if kind == "sft" and answer_style == "box":
         # the base model's plain grounding answer: the box in the resized frame, no reasoning
         answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
-        chats = encoder.encode_sft(expressions, [box_frames.format_box(a) for a in answers], variants)
+        texts = [box_answer(box_frames.format_box(a), e, i, leadin_fraction)
+                 for i, (a, e) in enumerate(zip(answers, expressions))]
+        chats = encoder.encode_sft(expressions, texts, variants)
     elif kind == "sft":
         cots = [make_cot(r, processor, [cot_seed, i], brief=answer_style == "brief_cot") for i, r in enumerate(records)]
         chats = encoder.encode_sft(expressions, [c.text for c in cots], variants)
@@ -277,9 +286,9 @@ def _plan(
     )
 
 
-def plan_sft(records, tokenizer, processor, *, template=ChatTemplate(), cot_seed=0, max_length=None, on_overflow="error", images=None, answer_style="cot") -> Plan:
+def plan_sft(records, tokenizer, processor, *, template=ChatTemplate(), cot_seed=0, max_length=None, on_overflow="error", images=None, answer_style="cot", leadin_fraction=0.0) -> Plan:
     """Plan CoT-SFT samples (see the module docstring)."""
-    return _plan("sft", records, tokenizer, processor, template=template, cot_seed=cot_seed, max_length=max_length, on_overflow=on_overflow, images=images, answer_style=answer_style)
+    return _plan("sft", records, tokenizer, processor, template=template, cot_seed=cot_seed, max_length=max_length, on_overflow=on_overflow, images=images, answer_style=answer_style, leadin_fraction=leadin_fraction)
 
 
 def plan_rl(records, tokenizer, processor, *, template=ChatTemplate(), max_length=None, on_overflow="error", images=None) -> Plan:
@@ -475,7 +484,7 @@ class Pipeline:
 def sft_pipeline(records, tokenizer, processor: ImageProcessor, config: PipelineConfig, *, template=ChatTemplate(), images=None) -> Pipeline:
     """Plan CoT-SFT samples and build their pipeline."""
     max_len = config.length_buckets[-1] if config.length_buckets else None
-    plan = plan_sft(records, tokenizer, processor, template=template, cot_seed=config.cot_seed, max_length=max_len, on_overflow=config.on_overflow, images=images, answer_style=config.answer_style)
+    plan = plan_sft(records, tokenizer, processor, template=template, cot_seed=config.cot_seed, max_length=max_len, on_overflow=config.on_overflow, images=images, answer_style=config.answer_style, leadin_fraction=config.leadin_fraction)
     return Pipeline(plan, config)
 
 

@@ -14,7 +14,8 @@ Config fields (see `configs/`):
           synth (a synthetic preset + SynthConfig overrides) with num_images, data_root (+ data_format), or
           data_from (the name of an earlier stage whose dataset, train and val, this stage uses as well);
           optional seed (the stage's batch order; default: the config's seed + the stage's index),
-          question_variants (training-only phrasings of the question, one per record: a name of
+          leadin_fraction (answer_style "box": the fraction of answers that start with a lead-in sentence,
+          `chat.box_answer`), question_variants (training-only phrasings of the question, one per record: a name of
           QUESTION_VARIANTS such as "box", or a list), length_buckets (default [length_bucket]) and
           data_seed (the synthetic set's seed; default: the config's seed + the stage's index)}
 Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
@@ -206,7 +207,8 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
         buckets = tuple(st.get("length_buckets", None) or (cfg.length_bucket,))
         pl = sft_pipeline(train, tok, proc, PipelineConfig(
             batch_size=st.batch_size, length_buckets=buckets, seed=int(st.get("seed", cfg.seed + i)),
-            answer_style=cfg.answer_style), template=stage_template(template, st))
+            answer_style=cfg.answer_style, leadin_fraction=float(st.get("leadin_fraction", 0.0))),
+            template=stage_template(template, st))
         opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
                           end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
                           freeze_vision=bool(st.get("freeze_vision", False)),

@@ -301,6 +301,42 @@ def test_box_answer_style_teaches_only_the_box(train_records, small_tokenizer):
         PipelineConfig(batch_size=1, answer_style="json")
 
 
+def test_leadin_fraction_puts_a_sentence_before_some_boxes(train_records, small_tokenizer):
+    """`leadin_fraction`: that share of the plain-box targets starts with one or two lead-in sentences and a
+    newline, the rest is the bare box; the box itself, its tokens and `answer_box` are unchanged, the draw is
+    fixed per record, and the option is refused outside answer_style="box"."""
+    from rsground_jax.data.boxes import answer_box, format_box
+    from rsground_jax.data.chat import box_answer
+
+    recs = train_records[:32]
+    cfg = PipelineConfig(batch_size=4, shuffle=False, answer_style="box", leadin_fraction=0.5)
+    plan = sft_pipeline(recs, small_tokenizer, PROC, cfg).plan
+    again = sft_pipeline(recs, small_tokenizer, PROC, cfg).plan
+    assert np.array_equal(plan.ids, again.ids)
+    bare = sft_pipeline(recs, small_tokenizer, PROC, dataclasses.replace(cfg, leadin_fraction=0.0)).plan
+    led = 0
+    for i, r in enumerate(plan.records):
+        box = format_box(answer_box(r.box, r.height, r.width, PROC))
+        c, b = plan.chat(i), bare.chat(i)
+        target = small_tokenizer.decode(c.ids[c.target_start:])
+        assert target.endswith("\n" + box + "<|im_end|>") or target == box + "<|im_end|>", target
+        assert small_tokenizer.decode(b.ids[b.target_start:]) == box + "<|im_end|>"
+        # the box keeps the bare answer's tokens (it follows a newline in both)
+        assert list(c.ids[-len(b.ids) + b.target_start:]) == list(b.ids[b.target_start:])
+        if target != box + "<|im_end|>":
+            led += 1
+            leadin = target[: -len(box + "<|im_end|>") - 1]
+            assert leadin and "\n" not in leadin and not any(ch.isdigit() for ch in leadin.replace(r.expression, "")), leadin
+        assert tuple(plan.answer_box[i]) == answer_box(r.box, r.height, r.width, PROC)
+    assert 6 <= led <= 26  # about half of 32
+    assert all(box_answer("[1, 2, 3, 4]", "the ship", i, 0.0) == "[1, 2, 3, 4]" for i in range(50))
+    assert all(box_answer("[1, 2, 3, 4]", "the ship", i, 1.0).endswith("\n[1, 2, 3, 4]") for i in range(50))
+    with pytest.raises(ValueError, match="leadin_fraction"):
+        PipelineConfig(batch_size=1, answer_style="cot", leadin_fraction=0.5)
+    with pytest.raises(ValueError, match="leadin_fraction"):
+        PipelineConfig(batch_size=1, answer_style="box", leadin_fraction=1.5)
+
+
 def test_question_variants_give_each_record_one_fixed_phrasing(train_records, small_tokenizer):
     """Training-only phrasings: every record's prompt is one of `questions`, the same in every epoch and for
     the same seed, several are used, and generation prompts (the RL plan) keep the main question."""
