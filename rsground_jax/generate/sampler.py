@@ -171,8 +171,8 @@ class Sampler:
         put = {k: jax.device_put(v, NamedSharding(mesh, specs.get(k, P()))) for k, v in arrays.items()}
         return put, jax.device_put(key, NamedSharding(mesh, P()))
 
-    def __call__(self, batch: dict, cfg: SamplingConfig, key: jax.Array | None = None):
-        """batch: output of `prepare_inputs` (left-padded) plus `pixel_values`; returns numpy tokens, lengths."""
+    def _inputs(self, batch: dict, key: jax.Array | None):
+        """The arrays `generate_fn` reads from a prepared batch, and the key, on their devices."""
         mask = np.asarray(batch["attention_mask"])
         if not mask[:, -1].all():
             raise ValueError("Sampler needs left-padded prompts: attention_mask[:, -1] must be 1 for every row")
@@ -181,8 +181,11 @@ class Sampler:
         if batch.get("vision") is not None:
             arrays["pixel_values"] = batch["pixel_values"]
             arrays["vision"] = batch["vision"]
-        if self._rows is not None:
-            arrays, key = self._place(arrays, key)
+        return (arrays, key) if self._rows is None else self._place(arrays, key)
+
+    def __call__(self, batch: dict, cfg: SamplingConfig, key: jax.Array | None = None):
+        """batch: output of `prepare_inputs` (left-padded) plus `pixel_values`; returns numpy tokens, lengths."""
+        arrays, key = self._inputs(batch, key)
         tokens, lengths = self._fn(self.graphdef, self.state, arrays, key, cfg, self._rows)
         return np.asarray(tokens), np.asarray(lengths)
 

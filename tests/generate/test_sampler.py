@@ -128,8 +128,7 @@ assert a[1][1] <= 3 and (a[0][1, a[1][1]:] == 299).all(), a
 assert len(set(map(tuple, free.tolist()))) > 1  # the rows differ, so a row landing in the wrong place shows
 
 # the program really splits: its token buffer comes back one half on each device
-arrays, k = two._place({n: batch[n] for n in ("input_ids", "attention_mask", "position_ids", "pixel_values",
-                                              "vision")}, key)
+arrays, k = two._inputs(batch, key)
 out = two._fn(two.graphdef, two.state, arrays, k, sampled, two._rows)[0]
 assert {tuple(s.data.shape) for s in out.addressable_shards} == {(2, 10)}, out.sharding
 
