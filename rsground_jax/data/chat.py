@@ -79,6 +79,8 @@ def box_answer(box_text: str, expression: str, index: int, leadin_fraction: floa
     Why: a base pretrained only on answers that begin with the box reads a box only right after the assistant
     turn's start, so CoT-SFT spends its steps teaching it to read one after the reasoning (docs/base_model.md,
     session 10). Real Qwen2.5-VL has seen boxes after text."""
+    if leadin_fraction <= 0:  # the bare box, without seeding a generator per record
+        return box_text
     rng = np.random.default_rng([index, zlib.crc32(expression.encode())])
     if not rng.random() < leadin_fraction:
         return box_text
