@@ -41,6 +41,7 @@ import dataclasses
 import io
 import json
 import math
+import multiprocessing
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -839,7 +840,10 @@ def generate_dataset(
         start = end
 
     if workers > 0:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        # Not fork: a caller that has started JAX (or any threads) would fork them mid-flight, which can
+        # deadlock the children (Python 3.12 warns of it). forkserver's workers fork from a clean server.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
             results = pool.map(_render_files, jobs, chunksize=16)
             described = _write_all(out, jobs, results)
     else:
