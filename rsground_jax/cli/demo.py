@@ -8,7 +8,8 @@
    the best constant box (the box that maximizes meanIoU on the training split), the base model, and the
    model after CoT-SFT on the training split (reasoning, then the box; the vision tower stays frozen
    unless --train-vision).
-4. Prints the table (Pr@0.5, meanIoU) and writes results, predictions and pictures to the work directory.
+4. Prints the table (Pr@0.5, meanIoU), then Pr@0.5 by the kind of cue (absolute, ordinal, relative: the
+   positional queries; size), and writes results, predictions and pictures to the work directory.
 """
 
 from __future__ import annotations
@@ -61,6 +62,32 @@ def best_constant_box(records, max_pairs: int = 2_000_000):
 
 def shares_category(record) -> bool:
     return any(o.category == record.category for o in record.others)
+
+
+# The cues that say where the target is (`synthetic.parse_expression` kinds); size cues do not.
+POSITIONAL_CUES = ("absolute", "ordinal", "relative")
+CUE_COLUMNS = (*POSITIONAL_CUES, "size", "positional")
+
+
+def metrics_by_cue(records, predictions) -> dict[str, dict]:
+    """`grounding_metrics` for each kind of cue among `records` (the synthetic grammar's "absolute",
+    "ordinal", "relative", "size", "unique"; "free" for text outside it), plus "positional": the absolute,
+    ordinal and relative cues together. `predictions` are `evaluate`'s rows, in the order of `records`."""
+    from ..data.synthetic import parse_expression
+    from ..eval.metrics import grounding_metrics
+
+    if len(records) != len(predictions):
+        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        cue = parse_expression(r.expression)
+        kind = "free" if cue is None else cue.kind
+        groups.setdefault(kind, []).append(i)
+        if kind in POSITIONAL_CUES:
+            groups.setdefault("positional", []).append(i)
+    return {kind: grounding_metrics([predictions[i]["pred_box"] for i in idx], [records[i].box for i in idx],
+                                    [(records[i].height, records[i].width) for i in idx])
+            for kind, idx in groups.items()}
 
 
 def run(args) -> int:
@@ -125,7 +152,9 @@ def run(args) -> int:
 
         model = Qwen25VL(tiny_for(tok), rngs=nnx.Rngs(args.seed))
     ev = evaluate(model, test, tok, proc, template=base_template, batch_size=32, max_new_tokens=24)
-    results["base model" if packaged else "random init (no base)"] = ev.metrics
+    base_name = "base model" if packaged else "random init (no base)"
+    results[base_name] = ev.metrics
+    by_cue = {base_name: metrics_by_cue(test, ev.predictions)}
     print(f"[{time.time() - t0:5.0f}s] {'base model' if packaged else 'random init'}: Pr@0.5 {100 * ev.metrics['Pr@0.5']:.1f}, "
           f"meanIoU {100 * ev.metrics['meanIoU']:.1f}")
 
@@ -143,11 +172,12 @@ def run(args) -> int:
     ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=max_new,
                       length_buckets=buckets)
     results["after CoT-SFT"] = ev_cot.metrics
+    by_cue["after CoT-SFT"] = metrics_by_cue(test, ev_cot.predictions)
 
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "demo_results.json"), "w") as f:
-        json.dump({"results": results, "constant_box_normalized": const.tolist(), "seconds": time.time() - t0}, f,
-                  indent=2)
+        json.dump({"results": results, "by_cue": by_cue, "constant_box_normalized": const.tolist(),
+                   "seconds": time.time() - t0}, f, indent=2)
     with open(os.path.join(args.workdir, "cot_predictions.jsonl"), "w") as f:
         for row in ev_cot.predictions:
             f.write(json.dumps(row) + "\n")
@@ -156,6 +186,13 @@ def run(args) -> int:
     print(f"{'':22s} {'Pr@0.5':>8s} {'meanIoU':>8s}")
     for name, m in results.items():
         print(f"{name:22s} {100 * m['Pr@0.5']:8.1f} {100 * m['meanIoU']:8.1f}")
+    counts = next(iter(by_cue.values()))
+    print(f"\nPr@0.5 by the kind of cue (positional: {', '.join(POSITIONAL_CUES)}):")
+    print(f"{'':22s}" + "".join(f"{k:>12s}" for k in CUE_COLUMNS))
+    print(f"{'(expressions)':22s}" + "".join(f"{counts[k]['num_samples'] if k in counts else 0:12d}" for k in CUE_COLUMNS))
+    for name, cues in by_cue.items():
+        print(f"{name:22s}" + "".join(f"{100 * cues[k]['Pr@0.5']:12.1f}" if k in cues else f"{'-':>12s}"
+                                      for k in CUE_COLUMNS))
     example = next((r for r in ev_cot.predictions if r["pred_box"] is not None), ev_cot.predictions[0])
     print(f"\nexample: \"{example['expression']}\"\n{example['text']}")
     print(f"\n[{time.time() - t0:5.0f}s] wrote {args.workdir}/demo_results.json, cot_predictions.jsonl, cot_predictions.png")
