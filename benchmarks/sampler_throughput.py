@@ -99,7 +99,8 @@ def main():
         where = "cuda" if torch.cuda.is_available() else "cpu"
         print(f"machine: {jax.devices()[0].device_kind} x{jax.device_count()} ({backend}); transformers on {where}"
               + (f" ({torch.cuda.get_device_name(0)})" if where == "cuda" else ""))
-    print(f"jax {jax.__version__}, torch {torch.__version__}; {args.new_tokens} new tokens per sequence, greedy, float32")
+    print(f"jax {jax.__version__}, torch {torch.__version__}; {args.new_tokens} new tokens per sequence, greedy, "
+          "float32")
     mesh = jax.make_mesh((n_dev,), ("data",)) if n_dev > 1 else None
     print(f"{'model':>6s} {'batch':>5s} {'ours tok/s':>11s} {f'ours x{n_dev} tok/s':>15s} {'hf tok/s':>9s} "
           f"{'ratio':>6s} {f'ratio x{n_dev}':>8s} {'ours compile s':>15s}")

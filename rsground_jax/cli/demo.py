@@ -80,6 +80,8 @@ def metrics_by_cue(records, predictions) -> dict[str, dict]:
         raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
+        if predictions[i].get("expression", r.expression) != r.expression:
+            raise ValueError(f"prediction {i} is for {predictions[i]['expression']!r}, record {i} is {r.expression!r}")
         cue = parse_expression(r.expression)
         kind = "free" if cue is None else cue.kind
         groups.setdefault(kind, []).append(i)
@@ -189,7 +191,8 @@ def run(args) -> int:
     counts = next(iter(by_cue.values()))
     print(f"\nPr@0.5 by the kind of cue (positional: {', '.join(POSITIONAL_CUES)}):")
     print(f"{'':22s}" + "".join(f"{k:>12s}" for k in CUE_COLUMNS))
-    print(f"{'(expressions)':22s}" + "".join(f"{counts[k]['num_samples'] if k in counts else 0:12d}" for k in CUE_COLUMNS))
+    print(f"{'(expressions)':22s}"
+          + "".join(f"{counts[k]['num_samples'] if k in counts else 0:12d}" for k in CUE_COLUMNS))
     for name, cues in by_cue.items():
         print(f"{name:22s}" + "".join(f"{100 * cues[k]['Pr@0.5']:12.1f}" if k in cues else f"{'-':>12s}"
                                       for k in CUE_COLUMNS))

@@ -45,7 +45,12 @@ def test_each_kind_is_scored_on_its_own_records(rng):
         assert got[kind]["num_samples"] == len(idx)
 
 
-def test_lengths_must_match():
+def test_rows_must_be_the_records():
     record = GroundingRecord("x.jpg", 100, 100, (1, 2, 30, 40), EXPRESSIONS["size"], "airplane")
     with pytest.raises(ValueError, match="1 records but 2 predictions"):
         metrics_by_cue([record], [{"pred_box": None}, {"pred_box": None}])
+    # evaluate()'s rows name their expression: a row out of order would score under the wrong kind of cue
+    with pytest.raises(ValueError, match="prediction 0 is for 'the ship above the storage tank'"):
+        metrics_by_cue([record], [{"pred_box": None, "expression": EXPRESSIONS["relative"]}])
+    ok = metrics_by_cue([record], [{"pred_box": [1, 2, 30, 40], "expression": EXPRESSIONS["size"]}])
+    assert ok["size"]["Pr@0.5"] == 1.0
