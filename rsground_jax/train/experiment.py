@@ -18,7 +18,9 @@ Config fields (see `configs/`):
           `chat.box_answer`), question_variants (training-only phrasings of the question, one per record: a name of
           QUESTION_VARIANTS such as "box", or a list), length_buckets (default [length_bucket]) and
           data_seed (the synthetic set's seed; default: the config's seed + the stage's index)}
-Each stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
+A stage with task="vision" instead pretrains the vision tower alone on its scenes' dense targets
+(`vision_pretrain`; fields steps, batch_size in images, lr, warmup_steps, end_lr_fraction, box_weight).
+Each SFT stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import platform
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ..data import load_split
@@ -42,8 +46,9 @@ from ..data.tokenizer import load_small_tokenizer, load_tokenizer, special_token
 from ..eval.evaluate import evaluate
 from ..models import ImageProcessor, Qwen25VL, load_pretrained, save_pretrained
 from ..models.qwen2_5_vl import tiny
-from .loop import LoopConfig, run_sft
+from .loop import LoopConfig, WorkdirInUseError, run_sft
 from .optim import OptimConfig, make_optimizer, schedule
+from .vision_pretrain import VisionPretrainConfig, pretrain_vision, scenes_from_records
 
 log = logging.getLogger(__name__)
 BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base_model"
@@ -203,7 +208,16 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
     t0 = time.time()
     report = {"config": _plain(cfg), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
     for i, st in enumerate(cfg.stages):
+        task = st.get("task", "sft")
+        if task not in ("sft", "vision"):
+            raise ValueError(f"stage {st.name}: task={task!r} is not 'sft' or 'vision'")
         train, val = stage_records(cfg, i)
+        if task == "vision":
+            row = vision_stage(st, model, train, proc, os.path.join(cfg.workdir, st.name), resume=resume,
+                               seed=int(st.get("seed", cfg.seed + i)))
+            report["stages"].append(row)
+            print(json.dumps(row), flush=True)
+            continue
         buckets = tuple(st.get("length_buckets", None) or (cfg.length_bucket,))
         pl = sft_pipeline(train, tok, proc, PipelineConfig(
             batch_size=st.batch_size, length_buckets=buckets, seed=int(st.get("seed", cfg.seed + i)),
@@ -243,6 +257,61 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
         write_prompt_spec(cfg.output, template, cfg.max_pixels, cfg.answer_style)
     report["model"] = model
     return report
+
+
+TOWER_FILE = "vision_tower.npz"
+
+
+def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: int) -> dict:
+    """A `task="vision"` stage: dense pretraining of the vision tower on the stage's training scenes
+    (`vision_pretrain`), the tower saved to `<workdir>/vision_tower.npz`; with `resume`, a saved tower is
+    loaded instead of training again. Stage fields: steps, batch_size (images), lr, warmup_steps,
+    end_lr_fraction, box_weight."""
+    path = os.path.join(workdir, TOWER_FILE)
+    if os.path.isfile(path):
+        if not resume:
+            raise WorkdirInUseError(f"{workdir}: holds the vision tower of an earlier run; resume it (--resume) "
+                                    "or choose another workdir")
+        load_tower(model, path)
+        return {"stage": st.name, "task": "vision", "steps": st.steps, "resumed": True}
+    scenes = scenes_from_records(train)
+    categories = sorted({o.category for s in scenes for o in s.objects})
+    vcfg = VisionPretrainConfig(steps=st.steps, batch_size=st.batch_size, lr=st.lr,
+                                warmup_steps=int(st.get("warmup_steps", 100)),
+                                end_lr_fraction=float(st.get("end_lr_fraction", 0.1)),
+                                box_weight=float(st.get("box_weight", 5.0)), seed=seed)
+    ts = time.time()
+    rep = pretrain_vision(model, scenes, proc, categories, vcfg, log=log.info)
+    os.makedirs(workdir, exist_ok=True)
+    save_tower(model, path)
+    return {"stage": st.name, "task": "vision", "steps": st.steps, "seconds": round(time.time() - ts, 1),
+            "final_loss": rep["history"][-1]["loss"] if rep["history"] else None, "val": rep["val"],
+            "images": rep["train_images"], "categories": rep["categories"]}
+
+
+def _tower_arrays(model) -> dict:
+    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model.vision, nnx.Param)))[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def save_tower(model, path) -> None:
+    """The vision tower's parameters, written atomically (a partial file never has the final name)."""
+    tmp = f"{path}.partial.npz"
+    np.savez(tmp, **_tower_arrays(model))
+    os.replace(tmp, path)
+
+
+def load_tower(model, path) -> None:
+    """Load `save_tower`'s file into `model.vision`; a file of another tower shape is a clear error."""
+    ref = _tower_arrays(model)
+    with np.load(path) as f:
+        got = {k: f[k] for k in f.files}
+    if set(got) != set(ref) or any(got[k].shape != ref[k].shape for k in ref):
+        raise ValueError(f"{path}: the saved vision tower does not match this model's tower (other shapes or names)")
+    state = nnx.to_pure_dict(nnx.state(model.vision, nnx.Param))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(state)
+    leaves = [jnp.asarray(got[jax.tree_util.keystr(k)], dtype=v.dtype) for k, v in paths]
+    nnx.update(model.vision, jax.tree_util.tree_unflatten(treedef, leaves))
 
 
 def _plain(cfg):
