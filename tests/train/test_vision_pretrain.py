@@ -96,7 +96,7 @@ def jax_leaves(state):
 
 def test_vision_pretraining_learns_the_categories_of_demo_scenes(tmp_path):
     """A short run on 200 demo scenes: the held-out category accuracy of object tokens rises well above the
-    untrained tower's (measured: about 0.3 at step 0, 0.7 after 150 steps)."""
+    untrained tower's (measured: 0.18 at step 0, 0.47 after 150 steps; box L1 27.7 -> 12.9 resized px)."""
     from rsground_jax.data import load_split
     from rsground_jax.data.synthetic import PRESETS, generate_dataset
     from rsground_jax.data.tokenizer import load_small_tokenizer
