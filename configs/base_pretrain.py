@@ -68,8 +68,9 @@ def get_config():
         stage("positional", ml_collections.ConfigDict(dict(preset="demo")), 8000, 3000, 32, 1e-3, 0.1),
     ]
     # The scenes and batch orders of the run that produced the shipped weights (session 12: the vision stage ran
-    # as its own script with the same targets, loss and rates on these 5,000 scenes plus 1,250 one-object ones;
-    # the two decoder stages ran as stages 0 and 1 of a run started from its tower, hence the seeds).
+    # as its own script with the same targets, loss and rates, another head initialization and held-out split,
+    # on these 5,000 scenes plus 1,250 one-object ones; the two decoder stages ran as stages 0 and 1 of a run
+    # started from its tower, hence the seeds).
     c.stages[0].data_seed = 4242
     c.stages[1].data_seed, c.stages[1].seed = 0, 0
     c.stages[2].data_seed, c.stages[2].seed = 1, 1
