@@ -13,7 +13,9 @@ image's annotated objects in the processor's resized frame (`token_targets`):
   * the box of that object, divided by the resized width and height (values in [0, 1]).
 A linear head maps the tower's merged embedding [T, out_hidden] to class logits [T, K + 1] and, through a
 sigmoid, to the box [T, 4]. Loss: the mean cross-entropy over all tokens plus `box_weight` times the mean
-L1 box error over object tokens. The head is thrown away afterwards; only the tower is kept.
+L1 box error over object tokens. The head is thrown away afterwards; only the tower is kept. A step whose
+loss or gradient is not finite keeps the old parameters and is counted; more than a tenth of the steps so
+far, checked when logging, stops the run with a clear error.
 """
 
 from __future__ import annotations
@@ -156,15 +158,19 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
         f = nnx.merge(graphdef, tw)(pv.reshape(B * P, -1), vis).reshape(B, T, d)
         return f @ hd["cls_dk"] + hd["cls_bias_k"], jax.nn.sigmoid(f @ hd["box_d4"] + hd["box_bias_4"])
 
-    def step(params, opt_state, pv, c, b):
+    def step(params, opt_state, skipped, pv, c, b):
         def loss_fn(p):
             logits, pb = forward(p, pv)
             return dense_loss(logits, pb, c, b, config.box_weight)
         (loss, (ce, l1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": loss, "ce": ce, "box_l1": l1}
+        updates, new_opt = tx.update(grads, opt_state, params)
+        # a non-finite loss or gradient keeps the old parameters and moments (counted, checked when logging)
+        ok = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        params, opt_state = keep(optax.apply_updates(params, updates), params), keep(new_opt, opt_state)
+        return params, opt_state, skipped + (~ok).astype(jnp.int32), {"loss": loss, "ce": ce, "box_l1": l1}
 
-    step = jax.jit(step, donate_argnums=(0, 1))
+    step = jax.jit(step, donate_argnums=(0, 1, 2))
     predict = jax.jit(forward)
     params = (tower, head)
     opt_state = tx.init(params)
@@ -193,15 +199,17 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
                 "box_l1_resized_px": l1 / max(n_obj, 1), "val_images": int(n_val)}
 
     rng = np.random.default_rng([config.seed, 2])
-    history, t0 = [], time.time()
+    history, t0, skipped = [], time.time(), jnp.zeros((), jnp.int32)
     for s in range(config.steps):
         idx = rng.choice(train_idx, B, replace=False)
         batch = (jnp.asarray(pix[idx]), jnp.asarray(cls[idx]), jnp.asarray(box[idx]))
-        params, opt_state, m = step(params, opt_state, *batch)
+        params, opt_state, skipped, m = step(params, opt_state, skipped, *batch)
         if (s + 1) % config.log_every == 0 or s + 1 == config.steps:
-            row = {"step": s + 1, **{k: float(v) for k, v in m.items()}, "seconds": round(time.time() - t0, 1)}
-            if not np.isfinite(row["loss"]):
-                raise FloatingPointError(f"vision pretraining: non-finite loss at step {s + 1}: {row}")
+            row = {"step": s + 1, **{k: float(v) for k, v in m.items()}, "skipped_total": int(skipped),
+                   "seconds": round(time.time() - t0, 1)}
+            if row["skipped_total"] > (s + 1) // 10:
+                raise FloatingPointError(f"vision pretraining: {row['skipped_total']} of {s + 1} steps had a "
+                                         f"non-finite loss or gradient and were skipped (lower lr?): {row}")
             history.append(row)
             log(f"vision pretraining {row}")
     nnx.update(model.vision, params[0])

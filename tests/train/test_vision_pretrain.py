@@ -114,3 +114,25 @@ def test_vision_pretraining_learns_the_categories_of_demo_scenes(tmp_path):
     assert after["history"][-1]["loss"] < after["history"][0]["loss"]
     gain = after["val"]["object_token_category_accuracy"] - before["object_token_category_accuracy"]
     assert gain > 0.2, (before, after)
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+    """Pixels that are NaN make every step's loss NaN: the tower keeps its weights and the run stops with a
+    message that says how many steps were skipped."""
+    from rsground_jax.data.tokenizer import load_small_tokenizer
+    from rsground_jax.models import Qwen25VL
+    from rsground_jax.train import vision_pretrain as vp
+    from rsground_jax.train.experiment import tiny_for
+
+    objs = (AnnotatedObject((10, 10, 40, 40), "ship", ""),)
+    scenes = [Scene(f"{i}.jpg", 112, 112, objs) for i in range(12)]
+    pix = np.full((12, 64, PROC.patch_dim), np.nan, np.float32)
+    cls, box = token_targets(scenes[0], PROC, CATS)
+    monkeypatch.setattr(vp, "_load", lambda *a: (pix, np.stack([cls] * 12), np.stack([box] * 12)))
+    model = Qwen25VL(tiny_for(load_small_tokenizer()), rngs=nnx.Rngs(0))
+    before = jax_leaves(nnx.state(model.vision, nnx.Param))
+    cfg = vp.VisionPretrainConfig(steps=4, batch_size=4, log_every=2, val_fraction=0.0)
+    with pytest.raises(FloatingPointError, match="2 of 2 steps had a non-finite loss or gradient"):
+        vp.pretrain_vision(model, scenes, PROC, CATS, cfg)
+    for a, b in zip(jax_leaves(nnx.state(model.vision, nnx.Param)), before):
+        np.testing.assert_array_equal(a, b)
