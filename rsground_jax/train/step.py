@@ -97,13 +97,13 @@ def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sf
         grads = jax.tree.map(lambda g: g / n_sum, g_sum)
         loss_value = s_sum / n_sum
         grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        (params, opt_state), ok = keep_if_finite(loss_value, grad_norm, (new_params, new_opt),
+                                                 (state.params, state.opt_state))
         skipped = (~ok).astype(jnp.int32)
         new_state = TrainState(
-            params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state),
+            params=params, opt_state=opt_state,
             step=state.step + 1, skipped_in_row=jnp.where(ok, 0, state.skipped_in_row + 1),
             skipped_total=state.skipped_total + skipped)
         metrics = {"loss": loss_value, "grad_norm": grad_norm, "tokens": n_sum, "skipped": skipped,
@@ -111,6 +111,13 @@ def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sf
         return new_state, metrics
 
     return jax.jit(step, donate_argnums=0)
+
+
+def keep_if_finite(loss, grad_norm, new, old):
+    """(`new` if the loss and the gradient norm are finite, else `old`, leaf by leaf; ok): how a step with a
+    non-finite loss or gradient keeps the previous parameters and optimizer state."""
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old), ok
 
 
 def stack_micro_batches(batches: list[dict]) -> dict:

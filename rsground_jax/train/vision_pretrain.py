@@ -35,6 +35,8 @@ from ..data import boxes as box_frames
 from ..data.records import GroundingRecord
 from ..models.processor import ImageProcessor
 from ..models.qwen2_5_vl.vision import vision_inputs
+from .optim import OptimConfig, make_optimizer
+from .step import keep_if_finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +150,8 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
             "cls_bias_k": jnp.zeros(len(categories) + 1),
             "box_d4": jax.random.normal(k2, (d, 4)) * d**-0.5 * 0.1,
             "box_bias_4": jnp.zeros(4)}
-    sched = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup_steps,
-                                               max(config.steps, config.warmup_steps + 1),
-                                               config.lr * config.end_lr_fraction)
-    tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adamw(sched, weight_decay=0.0))
+    tx = make_optimizer(OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps,
+                                    end_lr_fraction=config.end_lr_fraction, clip_norm=config.clip_norm))
 
     def forward(params, pv):
         tw, hd = params
@@ -165,9 +165,8 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
         (loss, (ce, l1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, new_opt = tx.update(grads, opt_state, params)
         # a non-finite loss or gradient keeps the old parameters and moments (counted, checked when logging)
-        ok = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-        params, opt_state = keep(optax.apply_updates(params, updates), params), keep(new_opt, opt_state)
+        (params, opt_state), ok = keep_if_finite(loss, optax.tree.norm(grads),
+                                                 (optax.apply_updates(params, updates), new_opt), (params, opt_state))
         return params, opt_state, skipped + (~ok).astype(jnp.int32), {"loss": loss, "ce": ce, "box_l1": l1}
 
     step = jax.jit(step, donate_argnums=(0, 1, 2))
