@@ -44,8 +44,14 @@ def test_greedy_equals_step_by_step_full_forwards(rng):
     batch, pix = _prompts(rng, CFG)
     tokens, lengths = Sampler(model)(batch, SamplingConfig(max_new_tokens=12))
     ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+    # One compiled program per length (op-by-op dispatch made this test take minutes on a GPU); the M-RoPE
+    # positions of the whole grown sequence are recomputed on the host each time, as for a fresh prompt.
+    forward = nnx.jit(lambda m, p, pixels: m(p["input_ids"], p["attention_mask"], pixels,
+                                             position_ids=p["position_ids"], vision=p["vision"]))
     for i in range(12):  # grow the sequence by the argmax of a full forward pass each time
-        logits = np.asarray(model(ids, mask, pix["pixel_values"], pix["image_grid_thw"]))
+        prep = prepare_inputs(CFG, ids, mask, pix["image_grid_thw"])
+        logits = np.asarray(forward(model, {k: prep[k] for k in ("input_ids", "attention_mask", "position_ids",
+                                                                 "vision")}, pix["pixel_values"]))
         nxt = logits[:, -1].argmax(-1)
         np.testing.assert_array_equal(tokens[:, i], nxt, err_msg=f"token {i}")
         ids = np.concatenate([ids, nxt[:, None]], 1)
