@@ -67,6 +67,10 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--models", nargs="+", default=["tiny", "50m"])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--hf-cache", choices=["dynamic", "static"], default="dynamic",
+                    help="transformers' KV cache: 'dynamic' (the default of `generate`, as the PyTorch RL stacks "
+                         "call it) or 'static' (a preallocated cache; on CUDA `generate` then compiles its "
+                         "forward with torch.compile)")
     ap.add_argument("--devices", type=int, default=None,
                     help="devices to split the batch over (default: the CPUs, or all accelerator devices)")
     args = ap.parse_args()
@@ -100,7 +104,7 @@ def main():
         print(f"machine: {jax.devices()[0].device_kind} x{jax.device_count()} ({backend}); transformers on {where}"
               + (f" ({torch.cuda.get_device_name(0)})" if where == "cuda" else ""))
     print(f"jax {jax.__version__}, torch {torch.__version__}; {args.new_tokens} new tokens per sequence, greedy, "
-          "float32")
+          f"float32; transformers' cache: {args.hf_cache}")
     mesh = jax.make_mesh((n_dev,), ("data",)) if n_dev > 1 else None
     print(f"{'model':>6s} {'batch':>5s} {'ours tok/s':>11s} {f'ours x{n_dev} tok/s':>15s} {'hf tok/s':>9s} "
           f"{'ratio':>6s} {f'ratio x{n_dev}':>8s} {'ours compile s':>15s}")
@@ -140,7 +144,8 @@ def main():
                 t = time.perf_counter()
                 with torch.no_grad():
                     out = hf.generate(**kw, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                      do_sample=False, eos_token_id=None, pad_token_id=0)
+                                      do_sample=False, eos_token_id=None, pad_token_id=0,
+                                      cache_implementation=args.hf_cache)
                 if where == "cuda":
                     torch.cuda.synchronize()
                 if rep or where != "cuda":

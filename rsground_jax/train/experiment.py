@@ -276,10 +276,11 @@ def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: in
         return {"stage": st.name, "task": "vision", "steps": st.steps, "resumed": True}
     scenes = scenes_from_records(train)
     categories = sorted({o.category for s in scenes for o in s.objects})
-    vcfg = VisionPretrainConfig(steps=st.steps, batch_size=st.batch_size, lr=st.lr,
-                                warmup_steps=int(st.get("warmup_steps", 100)),
-                                end_lr_fraction=float(st.get("end_lr_fraction", 0.1)),
-                                box_weight=float(st.get("box_weight", 5.0)), seed=seed)
+    # The optional fields fall back on VisionPretrainConfig's own defaults, the one place they are written.
+    base = VisionPretrainConfig()
+    optional = {f: type(getattr(base, f))(st.get(f)) for f in ("warmup_steps", "end_lr_fraction", "box_weight")
+                if st.get(f) is not None}
+    vcfg = dataclasses.replace(base, steps=st.steps, batch_size=st.batch_size, lr=st.lr, seed=seed, **optional)
     ts = time.time()
     rep = pretrain_vision(model, scenes, proc, categories, vcfg, log=log.info)
     os.makedirs(workdir, exist_ok=True)
