@@ -26,7 +26,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 24 for box answers, 320 for CoT")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N expressions")
+    p.add_argument("--devices", type=int, default=None,
+                   help="split each batch over this many of this host's devices, each generating its own rows "
+                        "with a full copy of the weights (default: all of them; --batch-size must divide by it)")
     p.set_defaults(func=run)
+
+
+def eval_devices(devices: int | None, batch_size: int) -> int:
+    """How many of this host's devices to split each batch over (all when `devices` is None), checked
+    against the host and the batch size before anything is loaded."""
+    import jax
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    available = jax.local_device_count()
+    n = available if devices is None else devices
+    if not 1 <= n <= available:
+        raise UserError(f"--devices {devices}: this host has {available} device(s)")
+    if batch_size % n:
+        raise UserError(f"--batch-size {batch_size} does not split over {n} devices: pass a multiple of {n}"
+                        + (", or fewer --devices" if devices is not None else ", or --devices"))
+    return n
+
+
+def eval_sampler(model, n: int):
+    """A Sampler with each batch split over a `data` mesh axis of this host's first `n` devices, each
+    generating its own rows with a full copy of the weights; None (evaluate's one-device default) for n=1."""
+    import jax
+
+    from ..generate import Sampler
+
+    if n == 1:
+        return None
+    return Sampler(model, jax.sharding.Mesh(jax.local_devices()[:n], ("data",)))
 
 
 def load_model_and_prompt(model_arg: str, tokenizer_arg: str | None):
@@ -52,10 +84,19 @@ def run(args) -> int:
 
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: dataset folder does not exist")
-    model, tok, template, proc, style = load_model_and_prompt(args.model, args.tokenizer)
+    if args.model != "base" and not os.path.isdir(args.model):
+        raise UserError(f"{args.model}: no such model directory")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    n_devices = eval_devices(args.devices, args.batch_size)
     records = load_split(args.data, args.split, format=args.format)[: args.limit]
+    if not records:
+        raise UserError(f"{args.data}: split {args.split!r} has no expressions to evaluate")
+    model, tok, template, proc, style = load_model_and_prompt(args.model, args.tokenizer)
     max_new = args.max_new_tokens or (24 if style == "box" else 320)
-    result = evaluate(model, records, tok, proc, template=template, batch_size=args.batch_size, max_new_tokens=max_new)
+    sampler = eval_sampler(model, n_devices)
+    result = evaluate(model, records, tok, proc, template=template, batch_size=args.batch_size, max_new_tokens=max_new,
+                      sampler=sampler)
     by_cat = {}
     for cat in sorted({r["category"] for r in result.predictions if r["category"]}):
         rows = [r for r in result.predictions if r["category"] == cat]
