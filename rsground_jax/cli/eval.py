@@ -32,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def ensure_writable_dir(path: str, flag: str) -> None:
+    """Create `path` if needed and make sure files can be written there, before any long work starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder is not writable")
+
+
 def eval_devices(devices: int | None, batch_size: int) -> int:
     """How many of this host's devices to split each batch over (all when `devices` is None), checked
     against the host and the batch size before anything is loaded."""
@@ -89,6 +99,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     n_devices = eval_devices(args.devices, args.batch_size)
+    ensure_writable_dir(args.out, "--out")
     records = load_split(args.data, args.split, format=args.format)[: args.limit]
     if not records:
         raise UserError(f"{args.data}: split {args.split!r} has no expressions to evaluate")
@@ -102,7 +113,6 @@ def run(args) -> int:
         rows = [r for r in result.predictions if r["category"] == cat]
         by_cat[cat] = grounding_metrics([r["pred_box"] for r in rows], [r["gt_box"] for r in rows],
                                         [r["image_hw"] for r in rows])
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump({"overall": result.metrics, "per_category": by_cat}, f, indent=2)
     with open(os.path.join(args.out, "predictions.jsonl"), "w") as f:

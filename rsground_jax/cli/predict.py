@@ -28,7 +28,7 @@ def run(args) -> int:
     from ..data.records import GroundingRecord
     from ..eval.draw import draw_boxes
     from ..eval.evaluate import evaluate
-    from .eval import load_model_and_prompt
+    from .eval import ensure_writable_dir, load_model_and_prompt
 
     if not os.path.isfile(args.image):
         raise UserError(f"{args.image}: no such image file")
@@ -39,6 +39,10 @@ def run(args) -> int:
             width, height = im.size
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{args.image}: not a readable image ({e})") from None
+    out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
+    if os.path.splitext(out)[1].lower() not in Image.registered_extensions():
+        raise UserError(f"--out {out}: not an image file name (use .png or .jpg)")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(out)), "--out" if args.out else "the picture's folder (--out)")
     model, tok, template, proc, style = load_model_and_prompt(args.model, args.tokenizer)
     # the ground-truth box is unknown: a whole-image placeholder, not used for the answer
     record = GroundingRecord(image_path=args.image, width=width, height=height, box=(0.0, 0.0, float(width), float(height)),
@@ -52,7 +56,6 @@ def run(args) -> int:
         return 1
     box = box_frames.clip_to_image(row["pred_box"], height, width)
     print("box (original pixels): [" + ", ".join(f"{v:.1f}" for v in box) + "]")
-    out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
     with Image.open(args.image) as src:
         draw_boxes(src, pred=box).save(out)
     print(f"wrote {out}")

@@ -12,6 +12,10 @@ from rsground_jax.cli.main import main
     (["eval", "--data", "no/such/dataset", "--model", "base"], "dataset folder does not exist"),
     (["eval", "--data", "configs", "--model", "no/such/model"], "no such model directory"),
     (["predict", "--image", "no/such.jpg", "--query", "the ship"], "no such image file"),
+    (["eval", "--data", "configs", "--model", "base", "--out", "README.md/out"], "cannot create the folder"),
+    (["eval", "--data", "configs", "--model", "base", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["eval", "--data", "configs", "--model", "base", "--devices", "999"], "--devices 999: this host has"),
+    (["eval", "--data", "configs", "--model", "base", "--limit", "0"], "--limit must be at least 1"),
 ])
 def test_one_line_errors(argv, message, capsys):
     assert main(argv) == 2

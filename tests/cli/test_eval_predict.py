@@ -126,3 +126,14 @@ def test_predict_prints_the_answer_and_draws_it(evaluated, tmp_path, capsys):
     with Image.open(picture) as im, Image.open(row["image"]) as src:
         assert im.size == src.size
         assert np.any(np.asarray(im.convert("RGB")) != np.asarray(src.convert("RGB")))  # the box is drawn
+
+
+def test_predict_refuses_an_output_it_cannot_write_before_loading(evaluated, tmp_path, capsys):
+    data, out, _ = evaluated
+    image = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])["image"]
+    (tmp_path / "file").write_text("x")
+    for target, message in [(tmp_path / "file" / "p.png", "cannot create the folder"),
+                            (tmp_path / "p.txt", "not an image file name")]:
+        assert main(["predict", "--image", image, "--query", "the ship", "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
