@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -142,6 +143,11 @@ def _restore(mngr, state, pipeline, resume, workdir):
     if resume and mngr.latest_step() is not None:
         resumed_from = mngr.latest_step()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        mismatch = _shape_mismatch(mngr, resumed_from, abstract)
+        if mismatch:
+            raise CheckpointMismatchError(
+                f"{workdir}: checkpoint {resumed_from} does not fit this model and optimizer (was it written for "
+                f"another model shape or optimizer?): {mismatch}")
         try:
             restored = mngr.restore(resumed_from, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
@@ -159,6 +165,30 @@ def _restore(mngr, state, pipeline, resume, workdir):
             f"{workdir}: holds checkpoints up to step {mngr.latest_step()} of an earlier run; resume it "
             f"(--resume) or choose another workdir")
     return state, iterator, resumed_from
+
+
+def _shape_mismatch(mngr, step: int, abstract) -> str | None:
+    """The first difference between the saved state's leaves and `abstract`'s (a missing or extra leaf, a
+    shape, a dtype), read from the checkpoint's metadata; None when they agree or the metadata cannot be read
+    (the restore then reports what it finds). Checked before restoring because a restore that fails partway
+    leaves orbax's read coroutines behind."""
+    try:
+        meta = ocp.StandardCheckpointHandler().metadata(mngr.directory / str(step) / "state")
+        saved = ocp.tree.to_flat_dict(getattr(meta, "tree", meta))
+    except Exception:  # noqa: BLE001 - an unreadable or unexpected layout is left to the restore's own error
+        return None
+    want = ocp.tree.to_flat_dict(abstract)
+    name = "/".join
+    for key in want:
+        if key not in saved:
+            return f"{name(key)} is not in the checkpoint"
+        got, exp = saved[key], want[key]
+        if tuple(got.shape) != tuple(exp.shape):
+            return f"{name(key)} has shape {tuple(got.shape)} in the checkpoint, {tuple(exp.shape)} here"
+        if got.dtype is not None and jnp.dtype(got.dtype) != jnp.dtype(exp.dtype):
+            return f"{name(key)} is {jnp.dtype(got.dtype)} in the checkpoint, {jnp.dtype(exp.dtype)} here"
+    extra = [k for k in saved if k not in want]
+    return f"the checkpoint has {name(extra[0])}, which this model and optimizer lack" if extra else None
 
 
 def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedule, on_log, resumed_from):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -103,6 +104,8 @@ def test_resuming_a_checkpoint_of_another_model_shape_is_a_clear_error(setup, tm
     other = cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "intermediate_size": 256}))
     pl = sft_pipeline(records, tok, PROC, PipelineConfig(batch_size=4, seed=1, answer_style="box"))
     tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=8))
-    with pytest.raises(CheckpointMismatchError, match="does not fit this model"):
+    with pytest.raises(CheckpointMismatchError, match="does not fit this model") as err:
         run_sft(Qwen25VL(other, rngs=nnx.Rngs(0)), pl, tx, LoopConfig(total_steps=4, progress=False), str(tmp_path),
                 resume=True)
+    # found in the checkpoint's metadata, before a restore starts: the leaf and both shapes are named
+    assert re.search(r"params/\S+ has shape \(.*\) in the checkpoint, \(.*\) here", str(err.value)), str(err.value)
