@@ -71,15 +71,23 @@ def eval_sampler(model, n: int):
     return Sampler(model, jax.sharding.Mesh(jax.local_devices()[:n], ("data",)))
 
 
-def load_model_and_prompt(model_arg: str, tokenizer_arg: str | None):
-    """(model, tokenizer, template, processor, answer_style) for a model directory or 'base'."""
-    from ..data.tokenizer import load_tokenizer
-    from ..models import load_pretrained
-    from ..train.experiment import BASE_MODEL_DIR, read_prompt_spec
+def model_dir(model_arg: str) -> str:
+    """The model directory that --model names ('base': the packaged base model), checked to exist."""
+    from ..train.experiment import BASE_MODEL_DIR
 
     path = str(BASE_MODEL_DIR) if model_arg == "base" else model_arg
     if not os.path.isdir(path):
         raise UserError(f"{path}: no such model directory")
+    return path
+
+
+def load_model_and_prompt(model_arg: str, tokenizer_arg: str | None):
+    """(model, tokenizer, template, processor, answer_style) for a model directory or 'base'."""
+    from ..data.tokenizer import load_tokenizer
+    from ..models import load_pretrained
+    from ..train.experiment import read_prompt_spec
+
+    path = model_dir(model_arg)
     model = load_pretrained(path)
     tok = load_tokenizer(tokenizer_arg or path)
     template, proc, style = read_prompt_spec(path)
@@ -94,8 +102,7 @@ def run(args) -> int:
 
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: dataset folder does not exist")
-    if args.model != "base" and not os.path.isdir(args.model):
-        raise UserError(f"{args.model}: no such model directory")
+    model_dir(args.model)  # before the split is read
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     n_devices = eval_devices(args.devices, args.batch_size)

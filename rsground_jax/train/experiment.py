@@ -304,14 +304,14 @@ def save_tower(model, path) -> None:
 
 def load_tower(model, path) -> None:
     """Load `save_tower`'s file into `model.vision`; a file of another tower shape is a clear error."""
-    ref = _tower_arrays(model)
-    with np.load(path) as f:
-        got = {k: f[k] for k in f.files}
-    if set(got) != set(ref) or any(got[k].shape != ref[k].shape for k in ref):
-        raise ValueError(f"{path}: the saved vision tower does not match this model's tower (other shapes or names)")
     state = nnx.to_pure_dict(nnx.state(model.vision, nnx.Param))
     paths, treedef = jax.tree_util.tree_flatten_with_path(state)
-    leaves = [jnp.asarray(got[jax.tree_util.keystr(k)], dtype=v.dtype) for k, v in paths]
+    names = [jax.tree_util.keystr(k) for k, _ in paths]
+    with np.load(path) as f:
+        got = {k: f[k] for k in f.files}
+    if set(got) != set(names) or any(got[n].shape != v.shape for n, (_, v) in zip(names, paths)):
+        raise ValueError(f"{path}: the saved vision tower does not match this model's tower (other shapes or names)")
+    leaves = [jnp.asarray(got[n], dtype=v.dtype) for n, (_, v) in zip(names, paths)]
     nnx.update(model.vision, jax.tree_util.tree_unflatten(treedef, leaves))
 
 

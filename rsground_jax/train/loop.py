@@ -143,18 +143,20 @@ def _restore(mngr, state, pipeline, resume, workdir):
     if resume and mngr.latest_step() is not None:
         resumed_from = mngr.latest_step()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+        def misfit(detail: str) -> CheckpointMismatchError:
+            return CheckpointMismatchError(
+                f"{workdir}: checkpoint {resumed_from} does not fit this model and optimizer (was it written for "
+                f"another model shape or optimizer?): {detail}")
+
         mismatch = _shape_mismatch(mngr, resumed_from, abstract)
         if mismatch:
-            raise CheckpointMismatchError(
-                f"{workdir}: checkpoint {resumed_from} does not fit this model and optimizer (was it written for "
-                f"another model shape or optimizer?): {mismatch}")
+            raise misfit(mismatch)
         try:
             restored = mngr.restore(resumed_from, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointMismatchError(
-                f"{workdir}: checkpoint {resumed_from} does not fit this model and optimizer (was it written for "
-                f"another model shape or optimizer?): {str(e).splitlines()[0][:300]}") from None
+            raise misfit(str(e).splitlines()[0][:300]) from None
         state = restored["state"]
         pipeline.load_state_dict(iterator, restored["data"], source=f"checkpoint {resumed_from}")
         log.info("resumed from step %d", resumed_from)
