@@ -9,13 +9,20 @@ ConfigDicts. Unknown keys and bad values raise `ConfigError` naming the key.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
+import json
+import math
 import os
+import re
+from typing import Any, Callable
 
 import ml_collections
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A missing or malformed experiment config, or a bad override."""
 
 
@@ -79,6 +86,11 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
         raise ConfigError(f"override {item!r}: {e}") from None
 
 
+def plain_config(cfg: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON values (tuples become lists), as it is recorded in a workdir and a report."""
+    return json.loads(json.dumps(cfg.to_dict(), default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+
 def _child(node, part: str):
     """`node.part` for a ConfigDict, `node[int(part)]` for a list or tuple; None where there is none."""
     if isinstance(node, ml_collections.ConfigDict):
@@ -97,3 +109,193 @@ def _config_dict(value):
     if isinstance(value, tuple):
         return tuple(_config_dict(v) for v in value)
     return value
+
+
+# ------------------------------------------------------------------------------ the experiment schema
+#
+# Every key an SFT experiment config may hold (`rsground sft`, train/experiment.py), with its type and range.
+# A key not listed is refused: a typo would otherwise be a silent default. `resumable` keys may change on
+# --resume (they act on what is still to come: more steps, other intervals, another export folder); any other
+# difference from the run that started the workdir is refused, since the run could not honour it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    types: tuple[type, ...]
+    wanted: str  # said in the error, e.g. "a positive integer"
+    check: Callable[[Any], bool] = lambda v: True
+    required: bool = False
+    resumable: bool = False
+
+
+def _int(wanted, check, **kw):
+    return Field((int,), wanted, check, **kw)
+
+
+def _float(wanted, check, **kw):
+    return Field((int, float), wanted, lambda v: math.isfinite(v) and check(v), **kw)
+
+
+def _str(wanted="a string", check=lambda v: True, **kw):
+    return Field((str,), wanted, check, **kw)
+
+
+def _choice(*options, **kw):
+    return Field((str,), f"one of {list(options)}", lambda v: v in options, **kw)
+
+
+_MARKUP = re.compile(r"<\|[A-Za-z0-9_]+\|>")  # Qwen special tokens: the chat layout adds them itself
+_POSITIVE = ("a positive integer", lambda v: v > 0)
+_NON_NEGATIVE = ("an integer >= 0", lambda v: v >= 0)
+_ANY_INT = ("an integer", lambda v: True)
+_FRACTION = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
+_NAMES = Field((list, tuple), "a list of stage names", lambda v: all(isinstance(x, str) for x in v))
+_BUCKETS = Field((list, tuple), "a list of positive integers",
+                 lambda v: len(v) > 0 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+_INTERVALS = {"log_every": _int(*_POSITIVE, resumable=True), "checkpoint_every": _int(*_POSITIVE, resumable=True),
+              "keep_checkpoints": _int(*_POSITIVE, resumable=True)}
+
+EXPERIMENT_FIELDS: dict[str, Field] = {
+    "seed": _int(*_ANY_INT, required=True),
+    "workdir": _str("a folder path", lambda v: bool(v.strip()), required=True),
+    "output": _str("a folder path, or '' for none", required=True, resumable=True),
+    "init": _str("'tiny', 'base' or a model folder", lambda v: bool(v.strip()), required=True),
+    "tiny_options": Field((ml_collections.ConfigDict, type(None)), "a dict of tiny() options"),
+    "compute_dtype": _choice("float32", "bfloat16"),
+    "remat": _choice("none", "full", "dots"),
+    "tokenizer": _str("'small', 'qwen2.5', a tokenizer folder, or '' for init's own", required=True),
+    "max_pixels": _int(*_POSITIVE, required=True),
+    "template_system": _str("a string without <|...|> markup", lambda v: not _MARKUP.search(v), required=True),
+    "template_question": _str("a string with {expression} and without <|...|> markup",
+                              lambda v: "{expression}" in v and not _MARKUP.search(v), required=True),
+    "answer_style": _choice("cot", "brief_cot", "box", required=True),
+    "length_bucket": _int(*_POSITIVE, required=True),
+    "eval_images": _int(*_NON_NEGATIVE, required=True, resumable=True),
+    "max_new_tokens": _int(*_POSITIVE, resumable=True),
+    "stages": Field((list, tuple), "a non-empty list of stages", lambda v: len(v) > 0, required=True),
+    **_INTERVALS,
+}
+
+_STAGE_COMMON: dict[str, Field] = {
+    "name": _str("a name (letters, digits, _ . -)", lambda v: bool(re.fullmatch(r"[\w.-]+", v)), required=True),
+    "task": _choice("sft", "vision"),
+    "steps": _int(*_POSITIVE, required=True, resumable=True),
+    "batch_size": _int(*_POSITIVE, required=True),
+    "lr": _float("a positive number", lambda v: v > 0, required=True),
+    "warmup_steps": _int(*_NON_NEGATIVE),
+    "end_lr_fraction": _float(*_FRACTION),
+    "synth": Field((ml_collections.ConfigDict, type(None)), "a dict with a preset and SynthConfig fields, or None"),
+    "num_images": _int(*_POSITIVE),
+    "data_root": _str("a dataset folder"),
+    "data_format": _choice("auto", "dior_rsvg", "opt_rsvg", "rsvg_hr", "vrsbench"),
+    "data_from": _str("the name of an earlier stage"),
+    "replay": _NAMES,
+    "seed": _int(*_ANY_INT),
+    "data_seed": _int(*_ANY_INT),
+    **_INTERVALS,
+}
+STAGE_FIELDS: dict[str, dict[str, Field]] = {
+    "sft": {**_STAGE_COMMON,
+            "warmup_steps": _int(*_NON_NEGATIVE, required=True),
+            "freeze_vision": Field((bool,), "true or false"),
+            "vision_lr_scale": _float("a positive number (freeze_vision freezes the tower)", lambda v: v > 0),
+            "accum_steps": _int(*_POSITIVE),
+            "leadin_fraction": _float(*_FRACTION),
+            "question_variants": Field((str, list, tuple), "a name of QUESTION_VARIANTS or a list of questions"),
+            "length_buckets": _BUCKETS},
+    "vision": {**_STAGE_COMMON, "box_weight": _float("a number >= 0", lambda v: v >= 0)},
+}
+
+
+def check_experiment(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
+    """Raise `ConfigError` naming `source` and the key for an unknown key, a missing one, a value of the wrong
+    type or out of range, or stages that do not fit together (names, data sources, replay)."""
+    _check_fields(cfg, EXPERIMENT_FIELDS, source, "")
+    if cfg.init == "tiny" and not cfg.tokenizer:
+        raise ConfigError(f"{source}: init='tiny' has no tokenizer of its own: set tokenizer (e.g. 'small')")
+    names = []
+    for i, st in enumerate(cfg.stages):
+        where = f"stages.{i}"
+        if not isinstance(st, ml_collections.ConfigDict):
+            raise ConfigError(f"{source}: {where} must be a dict of stage settings, got {type(st).__name__}")
+        task = st.get("task", "sft")
+        if task not in STAGE_FIELDS:
+            raise ConfigError(f"{source}: {where}.task is {task!r}, expected one of {sorted(STAGE_FIELDS)}")
+        _check_fields(st, STAGE_FIELDS[task], source, where + ".")
+        if st.name in names:
+            raise ConfigError(f"{source}: {where}.name {st.name!r} is used by an earlier stage")
+        own = [k for k in ("synth", "data_root", "data_from") if st.get(k) not in (None, "")]
+        if len(own) != 1:
+            raise ConfigError(f"{source}: {where} ({st.name}) needs exactly one data source of synth, data_root and "
+                              f"data_from; it has {own or 'none'}")
+        if own == ["synth"]:
+            if st.get("num_images") is None:
+                raise ConfigError(f"{source}: {where}.num_images is required with synth")
+            _check_synth(st.synth, source, f"{where}.synth")
+        for key in ("data_from", *(("replay",) if st.get("replay") else ())):
+            for ref in ([st.get(key)] if key == "data_from" else list(st.replay)):
+                if ref and ref not in names:
+                    raise ConfigError(f"{source}: {where}.{key} names {ref!r}, which is not an earlier stage ({names})")
+        names.append(st.name)
+
+
+def _check_fields(node, fields: dict[str, Field], source: str, prefix: str) -> None:
+    for key in node.keys():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'; known here: {sorted(fields)}")
+    for key, f in fields.items():
+        if key not in node or node[key] is None and type(None) not in f.types:
+            if f.required:
+                raise ConfigError(f"{source}: config key {prefix}{key} is missing; it must be {f.wanted}")
+            continue
+        value = node[key]
+        ok = isinstance(value, f.types) and not (isinstance(value, bool) and bool not in f.types)
+        if not ok or (value is not None and not f.check(value)):
+            raise ConfigError(f"{source}: {prefix}{key} must be {f.wanted}, got {value!r}")
+
+
+def _check_synth(spec, source: str, where: str) -> None:
+    from .data.synthetic import PRESETS, SynthConfig
+
+    fields = {f.name for f in dataclasses.fields(SynthConfig)}
+    for key in spec.keys():
+        if key != "preset" and key not in fields:
+            raise ConfigError(f"{source}: unknown config key '{where}.{key}'; known here: {['preset', *sorted(fields)]}")
+    if spec.get("preset") not in PRESETS:
+        raise ConfigError(f"{source}: {where}.preset must be one of {sorted(PRESETS)}, got {spec.get('preset')!r}")
+    try:
+        synth_config(spec.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {where}: {e}") from None
+
+
+def synth_config(spec: dict):
+    """The SynthConfig of a stage's `synth` dict: its preset with the other keys replaced."""
+    from .data.synthetic import PRESETS
+
+    spec = dict(spec)
+    base = PRESETS[spec.pop("preset")]
+    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+# Keys whose value may differ on --resume (see above), as dotted paths with the stage index replaced by '*'.
+RESUMABLE_KEYS = ({k for k, f in EXPERIMENT_FIELDS.items() if f.resumable}
+                  | {f"stages.*.{k}" for k, f in _STAGE_COMMON.items() if f.resumable})
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """The dotted keys whose values differ between two plain config dicts, except `RESUMABLE_KEYS`."""
+    out = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{path}.{k}" if path else str(k))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}.{i}")
+        elif a != b and re.sub(r"^stages\.\d+\.", "stages.*.", path) not in RESUMABLE_KEYS:
+            out.append(f"{path}: {a!r} then, {b!r} now")
+
+    walk(saved, current, "")
+    return out

@@ -68,10 +68,16 @@ from rsground_jax.data.cot import make_cot
 from rsground_jax.data.images import FileImages
 from rsground_jax.data.records import DataError, GroundingRecord
 from rsground_jax.data.tokenizer import SpecialTokens
+from rsground_jax.errors import UserError
 from rsground_jax.models.processor import ImageProcessor
 from rsground_jax.models.qwen2_5_vl.rope_index import get_rope_index
 
 log = logging.getLogger(__name__)
+
+
+class PipelineError(UserError, ValueError):
+    """Settings or data a pipeline cannot be built from: a sample longer than the buckets, no samples, a
+    saved iterator position from another pipeline, a setting out of range."""
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -105,25 +111,25 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.answer_style not in ANSWER_STYLES:
-            raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
+            raise PipelineError(f"answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
         if not 0.0 <= self.leadin_fraction <= 1.0:
-            raise ValueError(f"leadin_fraction must be in [0, 1], got {self.leadin_fraction}")
+            raise PipelineError(f"leadin_fraction must be in [0, 1], got {self.leadin_fraction}")
         if self.leadin_fraction and self.answer_style != "box":
-            raise ValueError(f"leadin_fraction applies to answer_style='box' only, not {self.answer_style!r}")
+            raise PipelineError(f"leadin_fraction applies to answer_style='box' only, not {self.answer_style!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise PipelineError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.shard_index < self.shard_count:
-            raise ValueError(f"shard_index must be in [0, shard_count), got {self.shard_index} of {self.shard_count}")
+            raise PipelineError(f"shard_index must be in [0, shard_count), got {self.shard_index} of {self.shard_count}")
         if self.on_overflow not in ("error", "skip"):
-            raise ValueError(f"on_overflow must be 'error' or 'skip', got {self.on_overflow!r}")
+            raise PipelineError(f"on_overflow must be 'error' or 'skip', got {self.on_overflow!r}")
         if self.padding_side not in (None, "left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+            raise PipelineError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         for name in ("length_buckets", "patch_buckets"):
             b = getattr(self, name)
             if b is not None and (not b or any(v <= 0 for v in b) or list(b) != sorted(set(b))):
-                raise ValueError(f"{name} must be strictly increasing positive sizes, got {b}")
+                raise PipelineError(f"{name} must be strictly increasing positive sizes, got {b}")
         if self.num_epochs is not None and self.num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+            raise PipelineError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
 
 
 def shard_from_jax() -> tuple[int, int]:
@@ -206,7 +212,7 @@ def _plan(
 ) -> Plan:
     records = list(records)
     if not records:
-        raise ValueError("no records to build a pipeline from")
+        raise PipelineError("no records to build a pipeline from")
     encoder = ChatEncoder(tokenizer, template)
     expressions = [r.expression for r in records]
     # one question phrasing per record, fixed across epochs (training only: prompts use the main question)
@@ -240,14 +246,14 @@ def _plan(
         if max_length is not None and length > max_length:
             msg = f"{r.source or r.image_path}: sample of {length} tokens ({tokens} image tokens) is longer than the largest length bucket {max_length}"
             if on_overflow == "error":
-                raise ValueError(msg + " (raise the buckets, lower max_pixels, or use on_overflow='skip')")
+                raise PipelineError(msg + " (raise the buckets, lower max_pixels, or use on_overflow='skip')")
             report.skipped.append(msg)
             continue
         keep.append(i)
         grids.append(grid)
         n_img.append(tokens)
     if not keep:
-        raise ValueError(f"every one of the {len(records)} samples was skipped:\n{report.summary()}")
+        raise PipelineError(f"every one of the {len(records)} samples was skipped:\n{report.summary()}")
 
     kept_chats = [chats[i] for i in keep]
     kept = [records[i] for i in keep]
@@ -303,7 +309,7 @@ def _smallest_fitting(buckets: Sequence[int], size: int, what: str) -> int:
     for b in buckets:
         if b >= size:
             return b
-    raise ValueError(f"a batch needs {size} {what}, more than the largest bucket {buckets[-1]}")
+    raise PipelineError(f"a batch needs {size} {what}, more than the largest bucket {buckets[-1]}")
 
 
 def index_array(indices: Sequence[int]) -> np.ndarray:
@@ -413,7 +419,7 @@ class Pipeline:
         need = config.batch_size * int(plan.num_patches.max())
         self.patch_buckets = tuple(config.patch_buckets) if config.patch_buckets else (need,)
         if self.patch_buckets[-1] < need:
-            raise ValueError(
+            raise PipelineError(
                 f"the largest patch bucket ({self.patch_buckets[-1]} rows) cannot hold a batch of {config.batch_size} "
                 f"images of up to {int(plan.num_patches.max())} patches ({need} rows)"
             )
@@ -463,7 +469,7 @@ class Pipeline:
     def load_state_dict(self, iterator, payload: dict, source: str = "state") -> None:
         """Move a fresh iterator of this pipeline to a saved position; error if it was another pipeline."""
         if payload.get("fingerprint") != self.fingerprint():
-            raise ValueError(
+            raise PipelineError(
                 f"{source}: iterator state was saved by a different pipeline (fingerprint {payload.get('fingerprint')} "
                 f"!= {self.fingerprint()}): data, batch size, buckets, seed, sharding or worker mode changed"
             )

@@ -28,16 +28,21 @@ import collections
 import dataclasses
 import logging
 import math
+import re
 from typing import Iterable
 
+from rsground_jax.errors import UserError
+
 Box = tuple[float, float, float, float]
+# Qwen's special tokens are spelt <|name|>; text that holds one would be tokenized as that token.
+CHAT_MARKUP = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 
 log = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem in an input file: `path` (and `where` inside it) plus a one-line `problem`."""
 
     def __init__(self, path, problem: str, where: str | None = None, kind: str = "invalid"):
@@ -193,10 +198,14 @@ def validate_box(
 
 
 def validate_expression(text: str | None, path, where: str | None = None) -> str:
-    """Whitespace-normalized expression; `DataError` when it is missing or empty."""
+    """Whitespace-normalized expression; `DataError` when it is missing or empty, or holds chat markup such as
+    `<|image_pad|>` (the tokenizer would read it as that special token, not as text)."""
     expr = " ".join((text or "").split())
     if not expr:
         raise DataError(path, "empty expression", where, kind="empty_expression")
+    markup = CHAT_MARKUP.search(expr)
+    if markup:
+        raise DataError(path, f"expression {expr!r} holds the chat markup {markup.group()}", where, kind="bad_expression")
     return expr
 
 

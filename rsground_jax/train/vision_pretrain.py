@@ -33,10 +33,15 @@ from PIL import Image
 
 from ..data import boxes as box_frames
 from ..data.records import GroundingRecord
+from ..errors import UserError
 from ..models.processor import ImageProcessor
 from ..models.qwen2_5_vl.vision import vision_inputs
 from .optim import OptimConfig, make_optimizer
 from .step import keep_if_finite
+
+
+class VisionDataError(UserError, ValueError):
+    """Scenes the vision stage cannot train on (too few, of several grids, of an unknown category)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +90,7 @@ def token_targets(scene: Scene, processor: ImageProcessor, categories: Sequence[
     area = np.zeros(gh * gw)
     for o in scene.objects:
         if o.category not in categories:
-            raise ValueError(f"{scene.image_path}: object category {o.category!r} is not among {list(categories)}")
+            raise VisionDataError(f"{scene.image_path}: object category {o.category!r} is not among {list(categories)}")
         x1, y1, x2, y2 = box_frames.original_to_resized(o.box, scene.height, scene.width, processor)
         col = min(max(int((x1 + x2) / 2 // unit), 0), gw - 1)
         row = min(max(int((y1 + y2) / 2 // unit), 0), gh - 1)
@@ -102,7 +107,7 @@ def _load(scenes: Sequence[Scene], processor: ImageProcessor, categories) -> tup
     """pixel_values [N, P, patch_dim], classes [N, T], boxes [N, T, 4]; every scene must share one grid."""
     grids = {tuple(processor.grid_thw(s.height, s.width)) for s in scenes}
     if len(grids) != 1:
-        raise ValueError(f"vision pretraining needs images that resize to one grid; these give {sorted(grids)} "
+        raise VisionDataError(f"vision pretraining needs images that resize to one grid; these give {sorted(grids)} "
                          f"(set the synthetic image_size to one size, or max_pixels so that all resize alike)")
     pix, cls, box = [], [], []
     for s in scenes:
@@ -131,14 +136,14 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
     """
     categories = tuple(categories)
     if len(scenes) < 2:
-        raise ValueError(f"vision pretraining needs at least 2 images, got {len(scenes)}")
+        raise VisionDataError(f"vision pretraining needs at least 2 images, got {len(scenes)}")
     pix, cls, box = _load(scenes, processor, categories)
     n_val = max(1, int(round(len(scenes) * config.val_fraction))) if config.val_fraction > 0 else 0
     order = np.random.default_rng([config.seed, 1]).permutation(len(scenes))
     val_idx, train_idx = order[:n_val], order[n_val:]
     B = config.batch_size
     if len(train_idx) < B:
-        raise ValueError(f"vision pretraining: {len(train_idx)} training images, fewer than batch_size {B}")
+        raise VisionDataError(f"vision pretraining: {len(train_idx)} training images, fewer than batch_size {B}")
     P, T = pix.shape[1], cls.shape[1]
     vcfg = model.config.vision
     grid = np.tile(np.asarray(processor.grid_thw(scenes[0].height, scenes[0].width))[None], (B, 1))

@@ -34,3 +34,55 @@ def test_a_list_of_dicts_becomes_config_dicts():
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         load_config(BASE, [override])
+
+
+def test_every_shipped_config_passes_the_schema():
+    import glob
+
+    from rsground_jax.configs import check_experiment
+
+    for path in glob.glob("configs/*.py"):
+        check_experiment(load_config(path), path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.0.steps=0", "stages.0.steps must be a positive integer, got 0"),
+    ("stages.1.lr=-1e-3", "stages.1.lr must be a positive number, got -0.001"),
+    ("stages.1.end_lr_fraction=1.5", "stages.1.end_lr_fraction must be a number in [0, 1]"),
+    ("stages.2.vision_lr_scale=0.0", "stages.2.vision_lr_scale must be a positive number"),
+    ("max_pixels=0", "max_pixels must be a positive integer"),
+    ("answer_style='boxes'", "answer_style must be one of"),
+    ("template_question='<|image_pad|> {expression}'", "template_question must be a string with {expression} and "
+                                                        "without <|...|> markup"),
+    ("stages.1.name='vision'", "stages.1.name 'vision' is used by an earlier stage"),
+    ("stages.2.replay=['later']", "stages.2.replay names 'later', which is not an earlier stage"),
+    ("stages.1.synth.clutter=2.0", "stages.1.synth: SynthConfig.clutter must lie in [0, 1]"),
+    ("stages.1.synth={'preset': 'tiny', 'sizes': 3}", "unknown config key 'stages.1.synth.sizes'"),
+])
+def test_the_schema_names_the_file_the_key_and_the_problem(override, message):
+    from rsground_jax.configs import check_experiment
+
+    cfg = load_config(BASE, [override])
+    with pytest.raises(ConfigError) as info:
+        check_experiment(cfg, BASE)
+    assert str(info.value).startswith(f"{BASE}: ") and message in str(info.value)
+
+
+def test_a_typo_in_a_config_file_is_refused_not_ignored():
+    from rsground_jax.configs import check_experiment
+
+    cfg = load_config(BASE)
+    cfg.stages[1].stpes = 10
+    with pytest.raises(ConfigError, match=r"unknown config key 'stages\.1\.stpes'"):
+        check_experiment(cfg, BASE)
+
+
+def test_resume_may_change_only_what_is_still_to_come():
+    from rsground_jax.configs import config_differences, plain_config
+
+    saved = plain_config(load_config(BASE))
+    allowed = plain_config(load_config(BASE, ["stages.2.steps=4000", "output=elsewhere", "eval_images=5"]))
+    assert config_differences(saved, allowed) == []
+    changed = plain_config(load_config(BASE, ["stages.1.num_images=10", "stages.2.lr=1.0", "seed=3"]))
+    assert config_differences(saved, changed) == ["seed: 0 then, 3 now", "stages.1.num_images: 4000 then, 10 now",
+                                                  "stages.2.lr: 0.001 then, 1.0 now"]

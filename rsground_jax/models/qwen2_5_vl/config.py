@@ -13,8 +13,10 @@ import json
 import os
 from typing import Any
 
+from ...errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config.json that is missing, unreadable, or not a Qwen2.5-VL config."""
 
 
@@ -185,6 +187,8 @@ class Qwen25VLConfig:
                 rope_theta=float(vrope.get("rope_theta", 10000.0)),
                 tokens_per_second=int(vd.get("tokens_per_second", 2)),
             )
+        except ConfigError as e:  # sizes that do not fit together
+            raise ConfigError(f"{source}: {e}") from None
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: a size or id is not a number ({e})") from None
         for act, where in ((text.hidden_act, "text"), (vision.hidden_act, "vision")):
@@ -192,6 +196,15 @@ class Qwen25VLConfig:
                 raise ConfigError(f"{source}: {where} hidden_act {act!r} is not supported (Qwen2.5-VL uses silu)")
         # transformers ties when either the top level or the text config says so
         tie = bool(d.get("tie_word_embeddings", False)) or bool(td.get("tie_word_embeddings", False))
+        try:
+            return cls._checked(text, vision, d, td, tie)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: a token id is not a number ({e})") from None
+
+    @classmethod
+    def _checked(cls, text, vision, d, td, tie) -> "Qwen25VLConfig":
         return cls(
             text=text,
             vision=vision,

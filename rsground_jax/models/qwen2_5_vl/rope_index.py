@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import UserError
 
-class ImageTokenMismatchError(ValueError):
+
+class ImageTokenMismatchError(UserError, ValueError):
     """The `<|image_pad|>` tokens of a batch do not match `image_grid_thw`."""
 
 
