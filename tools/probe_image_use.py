@@ -25,12 +25,13 @@ def probe(model_dir: str, data_root: str, split: str, batches: int, batch_size: 
     from rsground_jax.data.pipeline import PipelineConfig, sft_pipeline
     from rsground_jax.data.tokenizer import load_tokenizer
     from rsground_jax.models import load_pretrained
-    from rsground_jax.train.experiment import read_prompt_spec
+    from rsground_jax.data.chat import prompt_from_spec
+    from rsground_jax.models.model_dir import read_prompt_spec
     from rsground_jax.train.losses import sft_cross_entropy
     from rsground_jax.train.step import add_vision_inputs, static_vision_sizes
 
     model = load_pretrained(model_dir)
-    template, proc, style = read_prompt_spec(model_dir)
+    template, proc, style = prompt_from_spec(read_prompt_spec(model_dir))
     records = load_split(data_root, split)
     pl = sft_pipeline(records, load_tokenizer(model_dir), proc, PipelineConfig(
         batch_size=batch_size, length_buckets=(length_bucket,), shuffle=False, num_epochs=1, answer_style=style),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .main import UserError
+from .main import UserError, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub.required = True
 
     s = dsub.add_parser("synth", help="write a synthetic RSVG dataset in the DIOR-RSVG layout")
-    s.add_argument("--out", required=True, help="output folder (created; must be empty unless --overwrite)")
-    s.add_argument("--num-images", type=int, required=True)
+    s.add_argument("--out", required=True, help="output folder (created when complete; must be missing or empty unless "
+                   "--overwrite)")
+    s.add_argument("--num-images", type=positive_int, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--preset", default="tiny", help="tiny (112-224 px, the demo), small (224-448 px) or dior (800x800)")
     s.add_argument("--image-size", type=int, nargs=2, metavar=("MIN", "MAX"), help="side length range in pixels")
@@ -37,10 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--instances", type=int, nargs=2, metavar=("MIN", "MAX"), help="instances per category")
     s.add_argument("--distractors", type=int, nargs=2, metavar=("MIN", "MAX"), help="extra objects of other categories")
     s.add_argument("--object-size", type=float, nargs=2, metavar=("MIN", "MAX"), help="object length / shorter image side")
-    s.add_argument("--max-expressions", type=int, help="expressions per image at most")
+    s.add_argument("--max-expressions", type=positive_int, help="expressions per image at most")
     s.add_argument("--splits", default="train=0.8,val=0.1,test=0.1", help="split fractions, e.g. train=0.9,test=0.1")
-    s.add_argument("--workers", type=int, default=0, help="render in this many processes")
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    s.add_argument("--workers", type=non_negative_int, default=0, help="render in this many processes (0: here)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the synthetic set already in --out (its Annotations/, JPEGImages/, split files and "
+                        "rsground_synthetic.json; nothing else there is touched)")
     s.set_defaults(func=run_synth)
 
     c = dsub.add_parser("check", help="read a split with a reader and report every bad record")
@@ -49,15 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     v = dsub.add_parser("show", help="print records with their prompt and CoT target")
     _reader_args(v)
-    v.add_argument("--count", type=int, default=3)
-    v.add_argument("--min-pixels", type=int, default=None)
-    v.add_argument("--max-pixels", type=int, default=None)
+    v.add_argument("--count", type=positive_int, default=3)
+    v.add_argument("--min-pixels", type=positive_int, default=None)
+    v.add_argument("--max-pixels", type=positive_int, default=None)
     v.set_defaults(func=run_show)
 
     t = dsub.add_parser("tokenizer", help="build the small HF tokenizer from the synthetic corpus")
-    t.add_argument("--out", required=True)
-    t.add_argument("--num-images", type=int, default=400, help="synthetic images whose texts form the corpus (400: the shipped copy)")
-    t.add_argument("--vocab-size", type=int, default=1024)
+    t.add_argument("--out", required=True, help="output folder (missing or empty)")
+    t.add_argument("--num-images", type=positive_int, default=400,
+                   help="synthetic images whose texts form the corpus (400: the shipped copy)")
+    t.add_argument("--vocab-size", type=positive_int, default=1024,
+                   help="tokens in all, at least the special tokens and the 256 byte symbols (default 1024)")
     t.set_defaults(func=run_tokenizer)
 
     f = dsub.add_parser("tfds", help="build the DIOR-RSVG TFDS dataset (ArrayRecord) from a manual folder")
@@ -73,8 +78,19 @@ def _reader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="dior_rsvg, opt_rsvg, rsvg_hr, vrsbench or auto")
     p.add_argument("--on-error", choices=["raise", "skip"], default="skip")
     p.add_argument("--check-images", choices=["decode", "header", "none"], default="decode")
-    p.add_argument("--clip-tolerance", type=float, default=0.0, help="clip boxes outside the image by at most this many px")
+    p.add_argument("--clip-tolerance", type=_non_negative_float, default=0.0,
+                   help="clip boxes outside the image by at most this many px")
     p.add_argument("--images-dir", default=None)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _load(args):
@@ -119,13 +135,13 @@ def run_synth(args) -> int:
     import dataclasses
 
     from ..data import synthetic
+    from ..fileio import check_destination
+    from ..stopping import stop_requests
 
     if args.preset not in synthetic.PRESETS:
         raise UserError(f"--preset: unknown preset {args.preset!r}; known: {', '.join(sorted(synthetic.PRESETS))}")
-    if args.num_images <= 0:
-        raise UserError(f"--num-images must be positive, got {args.num_images}")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
-        raise UserError(f"{args.out}: folder is not empty (use --overwrite to write into it)")
+    if not (args.overwrite and os.path.isfile(os.path.join(args.out, synthetic.SYNTH_META))):
+        check_destination(args.out, "--out")  # --overwrite replaces a synthetic set, nothing else
     overrides = {
         "image_size": args.image_size,
         "square": args.square,
@@ -141,8 +157,11 @@ def run_synth(args) -> int:
         config = dataclasses.replace(synthetic.PRESETS[args.preset], **overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
+    splits = _parse_splits(args.splits)
     try:
-        summary = synthetic.generate_dataset(args.out, args.num_images, args.seed, config, _parse_splits(args.splits), workers=args.workers)
+        with stop_requests() as stop:
+            summary = synthetic.generate_dataset(args.out, args.num_images, args.seed, config, splits,
+                                                 workers=args.workers, stop=stop, replace=args.overwrite)
     except ValueError as e:
         raise UserError(str(e)) from None
     sizes = ", ".join(f"{k} {v}" for k, v in summary.split_sizes.items())
@@ -174,9 +193,14 @@ def run_show(args) -> int:
 
 
 def run_tokenizer(args) -> int:
-    from ..data.tokenizer import build_small_tokenizer, default_small_corpus, special_token_ids
+    from ..data.tokenizer import build_small_tokenizer, default_small_corpus, minimum_vocab_size, special_token_ids
+    from ..fileio import staged_dir
 
-    tok = build_small_tokenizer(args.out, default_small_corpus(args.num_images), args.vocab_size)
+    if args.vocab_size < minimum_vocab_size():
+        raise UserError(f"--vocab-size {args.vocab_size}: must be at least {minimum_vocab_size()} (the special tokens "
+                        "and the 256 byte symbols)")
+    with staged_dir(args.out, "--out") as tmp:
+        tok = build_small_tokenizer(tmp, default_small_corpus(args.num_images), args.vocab_size)
     print(f"wrote a {len(tok)}-token tokenizer to {args.out}: {special_token_ids(tok).as_dict()}")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from .main import UserError
+from .main import UserError, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,29 +17,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "predictions.jsonl (one line per expression) and predictions.png (a grid with ground truth "
                      "in green and predictions in red) to --out."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="base", help="HF model directory, or 'base' for the packaged base model")
+    p.add_argument("--model", default="base",
+                   help="model folder (Hugging Face or Orbax weights, a tokenizer, rsground_prompt.json), or 'base' for "
+                        "the packaged base model")
     p.add_argument("--data", required=True, help="dataset folder (DIOR-RSVG, OPT-RSVG, RSVG-HR or VRSBench layout)")
     p.add_argument("--split", default="test")
     p.add_argument("--format", default="auto", help="dataset format (default: detect)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory's)")
+    add_prompt_args(p)
     p.add_argument("--out", default="eval_out", help="output folder")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 24 for box answers, 320 for CoT")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N expressions")
-    p.add_argument("--devices", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: 24 for box answers, 320 for CoT")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N expressions")
+    p.add_argument("--devices", type=positive_int, default=None,
                    help="split each batch over this many of this host's devices, each generating its own rows "
                         "with a full copy of the weights (default: all of them; --batch-size must divide by it)")
     p.set_defaults(func=run)
 
 
-def ensure_writable_dir(path: str, flag: str) -> None:
-    """Create `path` if needed and make sure files can be written there, before any long work starts."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: the folder is not writable")
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """--tokenizer and --prompt-spec: what a model folder may lack (a converted Hugging Face release has neither
+    our prompt file nor, sometimes, a tokenizer)."""
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's)")
+    p.add_argument("--prompt-spec", default=None,
+                   help="an rsground_prompt.json (template, pixel budget, answer style) to use instead of the model "
+                        "folder's")
 
 
 def eval_devices(devices: int | None, batch_size: int) -> int:
@@ -47,8 +48,6 @@ def eval_devices(devices: int | None, batch_size: int) -> int:
     against the host and the batch size before anything is loaded."""
     import jax
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     available = jax.local_device_count()
     n = available if devices is None else devices
     if not 1 <= n <= available:
@@ -71,46 +70,56 @@ def eval_sampler(model, n: int):
     return Sampler(model, jax.sharding.Mesh(jax.local_devices()[:n], ("data",)))
 
 
-def model_dir(model_arg: str) -> str:
-    """The model directory that --model names ('base': the packaged base model), checked to exist."""
-    from ..train.experiment import BASE_MODEL_DIR
+def model_dir(args) -> str:
+    """The model folder that --model names ('base': the packaged base model), checked to hold what evaluation
+    needs (weights, and a tokenizer and prompt file unless --tokenizer / --prompt-spec give them), and the prompt
+    file read, all before any long work."""
+    from ..models.model_dir import missing_parts, read_prompt_spec, resolve
 
-    path = str(BASE_MODEL_DIR) if model_arg == "base" else model_arg
+    path = resolve(args.model)
     if not os.path.isdir(path):
         raise UserError(f"{path}: no such model directory")
+    missing = missing_parts(path, tokenizer=args.tokenizer is None, prompt=args.prompt_spec is None)
+    if missing:
+        raise UserError(f"{path}: not a complete model folder; it lacks {', '.join(missing)} (--tokenizer and "
+                        "--prompt-spec can stand in for a missing tokenizer and prompt file)")
+    if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
+        raise UserError(f"--tokenizer {args.tokenizer}: no such folder")
+    read_prompt_spec(args.prompt_spec or path)
     return path
 
 
-def load_model_and_prompt(model_arg: str, tokenizer_arg: str | None):
-    """(model, tokenizer, template, processor, answer_style) for a model directory or 'base'."""
+def load_model_and_prompt(args):
+    """(model, tokenizer, template, processor, answer_style) of the --model folder, --tokenizer, --prompt-spec."""
+    from ..data.chat import prompt_from_spec
     from ..data.tokenizer import load_tokenizer
-    from ..models import load_pretrained
-    from ..train.experiment import read_prompt_spec
+    from ..models.model_dir import load_model, read_prompt_spec
 
-    path = model_dir(model_arg)
-    model = load_pretrained(path)
-    tok = load_tokenizer(tokenizer_arg or path)
-    template, proc, style = read_prompt_spec(path)
-    return model, tok, template, proc, style
+    path = model_dir(args)
+    template, proc, style = prompt_from_spec(read_prompt_spec(args.prompt_spec or path))
+    tok = load_tokenizer(args.tokenizer or path)
+    return load_model(path), tok, template, proc, style
 
 
 def run(args) -> int:
-    from ..data import load_split
-    from ..eval.draw import grid
-    from ..eval.evaluate import evaluate
-    from ..eval.metrics import grounding_metrics
+    from ..data import FORMATS, load_split
+    from ..fileio import atomic_path, atomic_write_json, check_writable_dir
 
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: dataset folder does not exist")
-    model_dir(args.model)  # before the split is read
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be at least 1, got {args.limit}")
-    n_devices = eval_devices(args.devices, args.batch_size)
-    ensure_writable_dir(args.out, "--out")
+    if args.format not in ("auto", *FORMATS):
+        raise UserError(f"--format {args.format!r}: expected auto or one of {', '.join(FORMATS)}")
+    model_dir(args)  # checked before the split is read
+    check_writable_dir(args.out, "--out")
+    n_devices = eval_devices(args.devices, args.batch_size)  # starts JAX
     records = load_split(args.data, args.split, format=args.format)[: args.limit]
     if not records:
         raise UserError(f"{args.data}: split {args.split!r} has no expressions to evaluate")
-    model, tok, template, proc, style = load_model_and_prompt(args.model, args.tokenizer)
+
+    from ..eval.draw import grid
+    from ..eval.evaluate import evaluate
+    from ..eval.metrics import grounding_metrics
+    model, tok, template, proc, style = load_model_and_prompt(args)
     max_new = args.max_new_tokens or (24 if style == "box" else 320)
     sampler = eval_sampler(model, n_devices)
     result = evaluate(model, records, tok, proc, template=template, batch_size=args.batch_size, max_new_tokens=max_new,
@@ -120,12 +129,14 @@ def run(args) -> int:
         rows = [r for r in result.predictions if r["category"] == cat]
         by_cat[cat] = grounding_metrics([r["pred_box"] for r in rows], [r["gt_box"] for r in rows],
                                         [r["image_hw"] for r in rows])
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump({"overall": result.metrics, "per_category": by_cat}, f, indent=2)
-    with open(os.path.join(args.out, "predictions.jsonl"), "w") as f:
+    # Each file is written whole or not at all: a full disk leaves no empty or cut-off results.
+    os.makedirs(args.out, exist_ok=True)
+    with atomic_path(os.path.join(args.out, "predictions.jsonl")) as tmp, open(tmp, "w") as f:
         for row in result.predictions:
             f.write(json.dumps(row) + "\n")
     grid(result.predictions[:16], os.path.join(args.out, "predictions.png"))
+    atomic_write_json(os.path.join(args.out, "metrics.json"), {"overall": result.metrics, "per_category": by_cat},
+                      indent=2)
     m = result.metrics
     print(f"{len(records)} expressions: " + "  ".join(f"{k} {100 * m[k]:.2f}" for k in
           ("Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "meanIoU", "cumIoU")) +

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .main import UserError
+from .eval import add_prompt_args
+from .main import UserError, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,36 +15,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and writes the image with the box drawn.")
     p.add_argument("--image", required=True)
     p.add_argument("--query", required=True, help='the referring expression, e.g. "the ship at the lower left"')
-    p.add_argument("--model", default="base", help="HF model directory, or 'base' for the packaged base model")
-    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--model", default="base",
+                   help="model folder (Hugging Face or Orbax weights, a tokenizer, rsground_prompt.json), or 'base' for "
+                        "the packaged base model")
+    add_prompt_args(p)
     p.add_argument("--out", default=None, help="output image (default: <image>_pred.png)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from ..data import boxes as box_frames
+    from ..data.readers import probe_image
     from ..data.records import GroundingRecord
-    from ..eval.draw import draw_boxes
-    from ..eval.evaluate import evaluate
-    from .eval import ensure_writable_dir, load_model_and_prompt
+    from ..fileio import atomic_path, check_writable_dir
+    from .eval import load_model_and_prompt, model_dir
 
     if not os.path.isfile(args.image):
         raise UserError(f"{args.image}: no such image file")
     if not args.query.strip():
         raise UserError("--query is empty")
-    try:
-        with Image.open(args.image) as im:
-            width, height = im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{args.image}: not a readable image ({e})") from None
+    width, height = probe_image(args.image, "decode")
     out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
     if os.path.splitext(out)[1].lower() not in Image.registered_extensions():
         raise UserError(f"--out {out}: not an image file name (use .png or .jpg)")
-    ensure_writable_dir(os.path.dirname(os.path.abspath(out)), "--out" if args.out else "the picture's folder (--out)")
-    model, tok, template, proc, style = load_model_and_prompt(args.model, args.tokenizer)
+    check_writable_dir(os.path.dirname(os.path.abspath(out)), "--out" if args.out else "the picture's folder (--out)")
+    model_dir(args)
+
+    from ..eval.draw import draw_boxes
+    from ..eval.evaluate import evaluate
+
+    model, tok, template, proc, style = load_model_and_prompt(args)
     # the ground-truth box is unknown: a whole-image placeholder, not used for the answer
     record = GroundingRecord(image_path=args.image, width=width, height=height, box=(0.0, 0.0, float(width), float(height)),
                              expression=args.query.strip(), category=None)
@@ -56,7 +60,8 @@ def run(args) -> int:
         return 1
     box = box_frames.clip_to_image(row["pred_box"], height, width)
     print("box (original pixels): [" + ", ".join(f"{v:.1f}" for v in box) + "]")
-    with Image.open(args.image) as src:
-        draw_boxes(src, pred=box).save(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with Image.open(args.image) as src, atomic_path(out) as tmp:
+        draw_boxes(src, pred=box).save(tmp)
     print(f"wrote {out}")
     return 0

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from rsground_jax.data.tokenizer import SpecialTokens, special_token_ids
+from rsground_jax.models.processor import ImageProcessor
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 DEFAULT_QUESTION = (
@@ -124,6 +125,18 @@ class ChatTemplate:
         system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system is not None else ""
         question = self.questions[variant].format(expression=expression)
         return f"{system}<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def prompt_spec(template: ChatTemplate, max_pixels: int, answer_style: str) -> dict:
+    """How a model is prompted, as a model directory's rsground_prompt.json holds it."""
+    return {"system": template.system, "question": template.question, "max_pixels": int(max_pixels),
+            "answer_style": answer_style}
+
+
+def prompt_from_spec(spec: dict):
+    """(ChatTemplate, ImageProcessor, answer style) of a `prompt_spec` dict."""
+    return (ChatTemplate(system=spec["system"], question=spec["question"]),
+            ImageProcessor(max_pixels=spec["max_pixels"]), spec["answer_style"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,6 +157,11 @@ def load_tokenizer(name_or_path: str):
     return _load_dir(str(folder.resolve()))
 
 
+def minimum_vocab_size() -> int:
+    """The smallest `vocab_size` of `build_small_tokenizer`: the special tokens and the 256 byte symbols."""
+    return len(SPECIAL_TOKENS) + 256
+
+
 def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2):
     """Train the small byte-level BPE on `corpus`, save it in HF format in `out_dir`, return it loaded.
 
@@ -167,6 +172,9 @@ def build_small_tokenizer(out_dir, corpus: Iterable[str], vocab_size: int = 1024
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    if vocab_size < minimum_vocab_size():
+        raise ValueError(f"vocab_size must be at least {minimum_vocab_size()} (the special tokens and the 256 byte "
+                         f"symbols), got {vocab_size}")
     normalizer = normalizers.NFC()
     pre = pre_tokenizers.Sequence(
         [

@@ -6,11 +6,14 @@ import math
 
 from PIL import Image, ImageDraw
 
+from ..fileio import atomic_path
+from ..models.processor import to_rgb
+
 GT_COLOR, PRED_COLOR = (40, 220, 60), (235, 40, 40)
 
 
 def draw_boxes(image: Image.Image, gt=None, pred=None, width: int = 2) -> Image.Image:
-    out = image.convert("RGB").copy()
+    out = to_rgb(image).copy()
     d = ImageDraw.Draw(out)
     for box, color in ((gt, GT_COLOR), (pred, PRED_COLOR)):
         if box is not None:
@@ -20,7 +23,8 @@ def draw_boxes(image: Image.Image, gt=None, pred=None, width: int = 2) -> Image.
 
 
 def grid(rows: list[dict], path: str, cell: int = 224, columns: int = 4) -> None:
-    """A PNG grid of `rows` (dicts with image, gt_box, pred_box, iou), each drawn and scaled to `cell` px."""
+    """A PNG grid of `rows` (dicts with image, gt_box, pred_box, iou), each drawn and scaled to `cell` px;
+    written whole or not at all."""
     n = len(rows)
     if n == 0:
         return
@@ -31,9 +35,10 @@ def grid(rows: list[dict], path: str, cell: int = 224, columns: int = 4) -> None
         with Image.open(r["image"]) as src:
             scale = cell / max(src.size)  # fit the cell, up or down; boxes are drawn after scaling
             size = (max(1, round(src.width * scale)), max(1, round(src.height * scale)))
-            img = draw_boxes(src.convert("RGB").resize(size, Image.Resampling.BICUBIC),
+            img = draw_boxes(to_rgb(src).resize(size, Image.Resampling.BICUBIC),
                              *(None if b is None else [v * scale for v in b] for b in (r.get("gt_box"), r.get("pred_box"))))
         x, y = (i % cols) * cell, (i // cols) * (cell + 14)
         canvas.paste(img, (x, y))
         d.text((x + 2, y + img.height), f"IoU {r.get('iou', 0):.2f}", fill=(0, 0, 0))
-    canvas.save(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp)

@@ -132,7 +132,7 @@ def test_predict_refuses_an_output_it_cannot_write_before_loading(evaluated, tmp
     data, out, _ = evaluated
     image = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])["image"]
     (tmp_path / "file").write_text("x")
-    for target, message in [(tmp_path / "file" / "p.png", "cannot create the folder"),
+    for target, message in [(tmp_path / "file" / "p.png", "file is a file"),
                             (tmp_path / "p.txt", "not an image file name")]:
         assert main(["predict", "--image", image, "--query", "the ship", "--out", str(target)]) == 2
         err = capsys.readouterr().err

@@ -8,20 +8,20 @@ from PIL import Image
 
 from rsground_jax.cli.demo import best_constant_box
 from rsground_jax.data import load_split
-from rsground_jax.data.chat import DEFAULT_QUESTION, box_question_variants
+from rsground_jax.data.chat import DEFAULT_QUESTION, box_question_variants, prompt_from_spec
 from rsground_jax.data.synthetic import PRESETS, generate_dataset
 from rsground_jax.data.tokenizer import load_tokenizer
 from rsground_jax.eval.evaluate import evaluate
 from rsground_jax.eval.metrics import grounding_metrics
 from rsground_jax.models import load_pretrained
-from rsground_jax.train.experiment import BASE_MODEL_DIR, read_prompt_spec
+from rsground_jax.models.model_dir import BASE_MODEL_DIR, read_prompt_spec
 
 BASE = str(BASE_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")
 def base():
-    return load_pretrained(BASE), load_tokenizer(BASE), *read_prompt_spec(BASE)
+    return load_pretrained(BASE), load_tokenizer(BASE), *prompt_from_spec(read_prompt_spec(BASE))
 
 
 def test_packaged_base_is_a_complete_model_directory_transformers_agrees_with(base, rng):

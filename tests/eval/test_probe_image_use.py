@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rsground_jax.data.synthetic import PRESETS, generate_dataset
-from rsground_jax.train.experiment import BASE_MODEL_DIR
+from rsground_jax.models.model_dir import BASE_MODEL_DIR
 
 _spec = importlib.util.spec_from_file_location(
     "probe_image_use", Path(__file__).resolve().parents[2] / "tools" / "probe_image_use.py")

@@ -23,6 +23,9 @@ from flax import nnx
 from .config import ConfigError, Qwen25VLConfig
 from .model import Qwen25VL
 from .params import canonical_name, hf_shapes, iter_hf_tensors, mappings, LM_HEAD
+from ...errors import CheckpointError
+from ...fileio import atomic_write_json, staged_dir
+from ..model_dir import INDEX_NAME, WEIGHTS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +35,6 @@ SAFETENSORS_DTYPES = {
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
 }
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file that cannot be loaded as the given Qwen2.5-VL config."""
 
 
 # ------------------------------------------------------------------------------------------ safetensors
@@ -229,9 +226,20 @@ def checkpoint_dtype(path: str) -> np.dtype:
 
 def save_pretrained(model: Qwen25VL, path: str, *, dtype=None, max_shard_size: int = 5 * 2**30) -> None:
     """Write `model` as an HF checkpoint directory (config.json + safetensors, sharded with an index when
-    larger than `max_shard_size` bytes) that transformers' `Qwen2_5_VLForConditionalGeneration` loads."""
-    path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
+    larger than `max_shard_size` bytes) that transformers' `Qwen2_5_VLForConditionalGeneration` loads.
+
+    The folder is built under a hidden name and renamed into place when complete (`fileio.staged_dir`):
+    `path` must be missing or empty, and an interrupted save leaves no folder under `path`.
+    """
+    with staged_dir(path, "model") as tmp:
+        write_checkpoint_files(model, tmp, dtype=dtype, max_shard_size=max_shard_size)
+
+
+def write_checkpoint_files(model: Qwen25VL, folder, *, dtype=None, max_shard_size: int = 5 * 2**30) -> None:
+    """Write config.json and the safetensors file(s) of `model` into the existing empty `folder`."""
+    folder = os.fspath(folder)
+    if max_shard_size < 1:
+        raise CheckpointError(f"max_shard_size must be a positive number of bytes, got {max_shard_size}")
     config: Qwen25VLConfig = model.config
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     our_shapes = {k: tuple(v.get_value().shape) for k, v in flat.items()}
@@ -263,23 +271,17 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype=None, max_shard_size: i
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for fname, shard in zip(names, shards):
         chunk = (next(stream) for _ in range(len(shard)))
-        write_safetensors(os.path.join(path, fname), chunk, shard, out_dtype)
-    stale = [f for f in os.listdir(path) if f.endswith(".safetensors") and f not in names]
-    for f in stale + ([INDEX_NAME] if len(shards) == 1 else []):
-        if os.path.exists(os.path.join(path, f)):
-            os.remove(os.path.join(path, f))
+        write_safetensors(os.path.join(folder, fname), chunk, shard, out_dtype)
     if len(shards) > 1:
         total = sum(int(np.prod(s, dtype=np.int64)) * out_dtype[n].itemsize for n, s in shapes.items())
         index = {"metadata": {"total_size": total},
                  "weight_map": {n: fname for fname, shard in zip(names, shards) for n in shard}}
-        with open(os.path.join(path, INDEX_NAME), "w") as f:
-            json.dump(index, f, indent=2)
+        atomic_write_json(os.path.join(folder, INDEX_NAME), index, indent=2)
     hf = config.to_hf_dict()
     hf["dtype"] = {
         np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16",
     }.get(next(iter(out_dtype.values())), "float32")
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
+    atomic_write_json(os.path.join(folder, "config.json"), hf, indent=2)
 
 
 __all__ = ["load_pretrained", "save_pretrained", "CheckpointError", "ConfigError"]

@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ...fileio import atomic_write_json, staged_dir
+from ..model_dir import PARAMS_DIR
 from .checkpoint import CheckpointError
 from .config import Qwen25VLConfig
 from .model import Qwen25VL
 
-PARAMS_DIR = "params"
 
 
 def is_orbax_dir(path: str) -> bool:
@@ -26,26 +27,33 @@ def is_orbax_dir(path: str) -> bool:
 
 
 def save_orbax(model: Qwen25VL, path: str, *, dtype=None) -> None:
-    path = os.path.abspath(os.fspath(path))
-    os.makedirs(path, exist_ok=True)
-    target = os.path.join(path, PARAMS_DIR)
-    if os.path.exists(target):
-        raise CheckpointError(f"{target} already exists; choose an empty destination")
+    """Write `model` as an Orbax model directory; `path` must be missing or empty, and the folder appears
+    under `path` only when complete (`fileio.staged_dir`)."""
+    with staged_dir(path, "model") as tmp:
+        write_orbax_files(model, tmp, dtype=dtype)
+
+
+def write_orbax_files(model: Qwen25VL, folder, *, dtype=None) -> None:
+    """Write config.json and params/ of `model` into the existing empty `folder`."""
+    folder = os.path.abspath(os.fspath(folder))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     if dtype is not None:
         params = jax.tree.map(lambda a: a.astype(dtype), params)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, params)
+        ckptr.save(os.path.join(folder, PARAMS_DIR), params)
     hf = model.config.to_hf_dict()
     hf["dtype"] = jnp.dtype(jax.tree.leaves(params)[0].dtype).name
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
+    atomic_write_json(os.path.join(folder, "config.json"), hf, indent=2)
 
 
 def stored_dtype(path: str):
     """The parameter dtype recorded by `save_orbax` (float32 if absent)."""
-    with open(os.path.join(path, "config.json")) as f:
-        return jnp.dtype(json.load(f).get("dtype", "float32"))
+    file = os.path.join(path, "config.json")
+    try:
+        with open(file) as f:
+            return jnp.dtype(json.load(f).get("dtype", "float32"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{file}: not a valid model config ({type(e).__name__}: {e})") from None
 
 
 def load_orbax(path: str, dtype=jnp.float32, *, compute_dtype=None, remat: str = "none") -> Qwen25VL:
