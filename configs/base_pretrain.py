@@ -8,6 +8,8 @@ in one of many phrasings (why: docs/base_model.md).
 Reproduce with
     rsground sft --config configs/base_pretrain.py
 (the same as `python tools/train_base.py`); add `--resume` to continue from the stage checkpoints in `workdir`.
+The model folder lands in runs/base_pretrain/model; to ship it, replace the packaged copy by hand:
+    rm -r rsground_jax/assets/base_model && cp -r runs/base_pretrain/model rsground_jax/assets/base_model
 """
 
 import ml_collections
@@ -22,7 +24,7 @@ def get_config():
     c.tiny_options = ml_collections.ConfigDict(dict(rope_theta=1000000.0))
     c.tokenizer = "small"
     c.workdir = "runs/base_pretrain"
-    c.output = "rsground_jax/assets/base_model"  # HF directory shipped in the package
+    c.output = "runs/base_pretrain/model"  # a new folder: the packaged copy is replaced only by hand (see above)
     c.max_pixels = 112 * 112
     c.template_system = ""  # empty: no system turn (shorter sequences for the tiny model)
     c.template_question = BOX_QUESTION

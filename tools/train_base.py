@@ -1,4 +1,5 @@
-"""Train the embedded base model and write it into the package (same as `rsground sft --config ...`).
+"""Train the embedded base model into runs/base_pretrain/model (same as `rsground sft --config ...`); the config
+file says how to ship it in the package.
 
     python tools/train_base.py [--config configs/base_pretrain.py] [key=value ...]
 """

@@ -19,16 +19,24 @@ import json
 import os
 import time
 
+from .main import EXIT_STOPPED, UserError, positive_float, positive_int
+
+# The arguments a demo workdir's data and checkpoints depend on: a rerun in the same workdir must repeat them.
+SETTINGS = ("num_images", "steps", "batch_size", "lr", "seed", "cot", "base", "train_vision")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic data -> base model -> CoT-SFT -> evaluation, on the CPU",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and results go")
-    p.add_argument("--num-images", type=int, default=2000, help="synthetic images to generate (80 %% train, 10 %% test)")
-    p.add_argument("--steps", type=int, default=1800, help="CoT-SFT steps")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-images", type=int, default=800,
+    p.add_argument("--workdir", default="runs/demo",
+                   help="where data, checkpoints and results go; run again with the same settings to continue a "
+                        "stopped demo (other settings need another workdir)")
+    p.add_argument("--num-images", type=positive_int, default=2000,
+                   help="synthetic images to generate (80 %% train, 10 %% test)")
+    p.add_argument("--steps", type=positive_int, default=1800, help="CoT-SFT steps")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--eval-images", type=positive_int, default=800,
                    help="test expressions scored at most (those whose target shares its category)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--cot", choices=("brief", "full"), default="brief",
@@ -93,32 +101,57 @@ def metrics_by_cue(records, predictions) -> dict[str, dict]:
 
 
 def run(args) -> int:
+    from ..workdir import claim
+
+    # One demo per workdir at a time, and a rerun only with the settings its data and checkpoint were made with.
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    if settings["base"] != "base":
+        settings["base"] = os.path.abspath(args.base)
+    lock = claim(args.workdir, settings, resume=True, command="demo", differences=_differences)
+    try:
+        return _run(args, lock)
+    finally:
+        lock.release()
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    return [f"--{k.replace('_', '-')} {saved.get(k)!r} then, {now[k]!r} now" for k in SETTINGS if saved.get(k) != now[k]]
+
+
+def _run(args, lock) -> int:
     import numpy as np
 
     from ..data import load_split
-    from ..data.chat import BOX_QUESTION, DEFAULT_QUESTION, ChatTemplate
+    from ..data.chat import BOX_QUESTION, DEFAULT_QUESTION, ChatTemplate, prompt_from_spec
     from ..data.pipeline import PipelineConfig, sft_pipeline
     from ..data.synthetic import PRESETS, generate_dataset
     from ..data.tokenizer import load_tokenizer
     from ..eval.draw import grid
     from ..eval.evaluate import evaluate
     from ..eval.metrics import grounding_metrics
-    from ..models import ImageProcessor, load_pretrained
+    from ..fileio import atomic_path, atomic_write_json
+    from ..models import ImageProcessor
+    from ..models.model_dir import BASE_MODEL_DIR, load_model, missing_parts, read_prompt_spec
+    from ..stopping import stop_requests
     from ..train import LoopConfig, OptimConfig, make_optimizer, run_sft
-    from ..train.experiment import BASE_MODEL_DIR, read_prompt_spec
-    from .main import UserError
 
     t0 = time.time()
     base_dir = str(BASE_MODEL_DIR) if args.base == "base" else args.base
     packaged = os.path.isfile(os.path.join(base_dir, "config.json"))
     if not packaged and args.base != "base":
         raise UserError(f"{base_dir}: no model there (config.json missing)")
+    if packaged and missing_parts(base_dir):
+        raise UserError(f"--base {base_dir}: not a complete model folder; it lacks {', '.join(missing_parts(base_dir))}")
+    if packaged:
+        base_template, proc, _ = prompt_from_spec(read_prompt_spec(base_dir))
+    lock.commit()
     if not packaged:
         print("NOTE: this package ships no pretrained base model yet (configs/base_pretrain.py trains it); the demo "
               "starts from random weights of the tiny preset, so its numbers show the pipeline, not the method.")
     data = os.path.join(args.workdir, "data")
     if not os.path.isdir(os.path.join(data, "Annotations")):
-        summary = generate_dataset(data, args.num_images, seed=args.seed, config=PRESETS["demo"])
+        with stop_requests() as stop:  # SIGTERM or Ctrl-C keeps the images so far for the next run
+            summary = generate_dataset(data, args.num_images, seed=args.seed, config=PRESETS["demo"], stop=stop)
         print(f"[{time.time() - t0:5.0f}s] generated {summary.num_images} synthetic scenes "
               f"({summary.num_expressions} expressions) in {data}")
     train, test = load_split(data, "train"), load_split(data, "test")
@@ -128,7 +161,6 @@ def run(args) -> int:
 
     if packaged:
         tok = load_tokenizer(base_dir)
-        base_template, proc, _ = read_prompt_spec(base_dir)
     else:
         from ..data.tokenizer import load_small_tokenizer
 
@@ -145,7 +177,7 @@ def run(args) -> int:
     results["best constant box"] = grounding_metrics(preds, [r.box for r in test])
 
     if packaged:
-        model = load_pretrained(base_dir)
+        model = load_model(base_dir)
     else:
         from flax import nnx
 
@@ -169,6 +201,10 @@ def run(args) -> int:
                                     freeze_vision=freeze))
     res = run_sft(model, pl, tx, LoopConfig(total_steps=args.steps, log_every=25, checkpoint_every=max(args.steps, 1)),
                   os.path.join(args.workdir, "cot_sft"), resume=True, freeze_vision=freeze)
+    if res.preempted:
+        print(f"[{time.time() - t0:5.0f}s] CoT-SFT stopped at step {int(res.state.step)} of {args.steps} and saved; run "
+              "the same command again to continue", flush=True)
+        return EXIT_STOPPED
     last = f", final loss {res.history[-1]['loss']:.3f}" if res.history else " (already done: resumed at the end)"
     print(f"[{time.time() - t0:5.0f}s] CoT-SFT: {args.steps} steps{last}")
     ev_cot = evaluate(model, test, tok, proc, template=cot_template, batch_size=32, max_new_tokens=max_new,
@@ -176,11 +212,10 @@ def run(args) -> int:
     results["after CoT-SFT"] = ev_cot.metrics
     by_cue["after CoT-SFT"] = metrics_by_cue(test, ev_cot.predictions)
 
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "demo_results.json"), "w") as f:
-        json.dump({"results": results, "by_cue": by_cue, "constant_box_normalized": const.tolist(),
-                   "seconds": time.time() - t0}, f, indent=2)
-    with open(os.path.join(args.workdir, "cot_predictions.jsonl"), "w") as f:
+    atomic_write_json(os.path.join(args.workdir, "demo_results.json"),
+                      {"results": results, "by_cue": by_cue, "constant_box_normalized": const.tolist(),
+                       "seconds": time.time() - t0}, indent=2)
+    with atomic_path(os.path.join(args.workdir, "cot_predictions.jsonl")) as tmp, open(tmp, "w") as f:
         for row in ev_cot.predictions:
             f.write(json.dumps(row) + "\n")
     grid(ev_cot.predictions[:16], os.path.join(args.workdir, "cot_predictions.png"))

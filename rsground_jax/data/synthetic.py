@@ -43,12 +43,18 @@ import json
 import math
 import multiprocessing
 import re
+import shutil
+import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from rsground_jax.fileio import DestinationNotEmptyError, atomic_write_json, check_destination
+from rsground_jax.stopping import Stopped
+from rsground_jax.workdir import WorkdirLock
 
 # ------------------------------------------------------------------------------------------ categories
 
@@ -802,6 +808,10 @@ class SynthSummary:
     split_sizes: dict[str, int]
 
 
+SYNTH_META = "rsground_synthetic.json"
+PARTIAL_META = "rsground_synthetic.partial.json"
+
+
 def generate_dataset(
     out_dir,
     num_images: int,
@@ -809,12 +819,23 @@ def generate_dataset(
     config: SynthConfig | str = "tiny",
     splits: Sequence[tuple[str, float]] = (("train", 0.8), ("val", 0.1), ("test", 0.1)),
     workers: int = 0,
+    *,
+    stop=None,
+    replace: bool = False,
 ) -> SynthSummary:
     """Write a synthetic dataset in the DIOR-RSVG layout (see the module docstring). Deterministic.
 
     Images are assigned to splits by a seeded permutation cut at the given fractions (so small sets still
     get every split when the fractions allow). `workers > 0` renders in that many processes; the files are
     the same either way.
+
+    The set is built in a hidden folder beside `out_dir` (`.NAME.partial`) and renamed to `out_dir` when
+    complete, so a folder under that name is always a whole dataset. `out_dir` must be missing or empty, or,
+    with `replace`, hold a synthetic set: its dataset files (Annotations/, JPEGImages/, split files,
+    rsground_synthetic.json) are replaced and nothing else there is touched. `stop`: an object whose
+    `.requested` turns true to stop (`rsground_jax.stopping`); the images written so far stay in the partial
+    folder, `Stopped` is raised, and a later call with the same arguments continues from them (with other
+    arguments it starts over).
     """
     if isinstance(config, str):
         if config not in PRESETS:
@@ -822,57 +843,140 @@ def generate_dataset(
         config = PRESETS[config]
     if num_images <= 0:
         raise ValueError(f"num_images must be positive, got {num_images}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (render here) or a positive number of processes, got {workers}")
     total = sum(f for _, f in splits)
     if not splits or any(f < 0 for _, f in splits) or total <= 0:
         raise ValueError(f"split fractions must be non-negative and not all zero, got {list(splits)}")
-    out = Path(out_dir)
-    (out / "Annotations").mkdir(parents=True, exist_ok=True)
-    (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    digits = max(5, len(str(num_images)))
-    jobs = [(config, seed, i, f"{i + 1:0{digits}d}") for i in range(num_images)]
-
-    perm = np.random.default_rng([seed, 2**31 - 1]).permutation(num_images)
-    split_of = np.empty(num_images, dtype=object)
-    bounds = np.round(np.cumsum([f / total for _, f in splits]) * num_images).astype(int)
-    start = 0
-    for (name, _), end in zip(splits, bounds):
-        split_of[perm[start:end]] = name
-        start = end
-
-    if workers > 0:
-        # Not fork: a caller that has started JAX (or any threads) would fork them mid-flight, which can
-        # deadlock the children (Python 3.12 warns of it). forkserver's workers fork from a clean server.
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            results = pool.map(_render_files, jobs, chunksize=16)
-            described = _write_all(out, jobs, results)
+    out = Path(out_dir).absolute()
+    old_set = replace and (out / SYNTH_META).is_file()
+    if old_set:
+        _check_replaceable(out, [f"{name}.txt" for name, _ in splits])
     else:
-        described = _write_all(out, jobs, map(_render_files, jobs))
+        check_destination(out, "dataset")
+    partial = out.parent / f".{out.name}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(partial):
+        meta = {"seed": seed, "num_images": num_images, "config": config.to_json(), "splits": [list(s) for s in splits]}
+        other_args = (partial / PARTIAL_META).is_file() and json.loads((partial / PARTIAL_META).read_text()) != meta
+        for child in ("Annotations", "JPEGImages"):  # an interrupted run's files cut short, or all its files
+            for f in (partial / child).glob("*" if other_args else "*.tmp"):
+                f.unlink()
+        atomic_write_json(partial / PARTIAL_META, meta)
+        (partial / "Annotations").mkdir(exist_ok=True)
+        (partial / "JPEGImages").mkdir(exist_ok=True)
+        digits = max(5, len(str(num_images)))
+        jobs = [(config, seed, i, f"{i + 1:0{digits}d}") for i in range(num_images)]
+        described = {i: d for i, d in ((job[2], _described(partial, job[3])) for job in jobs) if d is not None}
+        todo = [job for job in jobs if job[2] not in described]
 
-    members: dict[str, list[int]] = {name: [] for name, _ in splits}
-    g = 0
-    num_objects = 0
-    for i in range(num_images):
-        for has_expr in described[i]:
-            if has_expr:
-                members[split_of[i]].append(g)
-            g += 1
-        num_objects += len(described[i])
-    for name, idx in members.items():
-        (out / f"{name}.txt").write_text("".join(f"{v}\n" for v in idx))
-    summary = SynthSummary(str(out), num_images, num_objects, sum(map(len, members.values())), {k: len(v) for k, v in members.items()})
-    meta = {"generator": "rsground_jax.data.synthetic", "seed": seed, "config": config.to_json(), "splits": [list(s) for s in splits], **dataclasses.asdict(summary)}
-    meta.pop("out_dir")
-    (out / "rsground_synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
+        perm = np.random.default_rng([seed, 2**31 - 1]).permutation(num_images)
+        split_of = np.empty(num_images, dtype=object)
+        bounds = np.round(np.cumsum([f / total for _, f in splits]) * num_images).astype(int)
+        start = 0
+        for (name, _), end in zip(splits, bounds):
+            split_of[perm[start:end]] = name
+            start = end
+
+        if workers > 0 and todo:
+            # Not fork: a caller that has started JAX (or any threads) would fork them mid-flight, which can
+            # deadlock the children (Python 3.12 warns of it). forkserver's workers fork from a clean server.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                                          initializer=_ignore_ctrl_c)
+            try:
+                complete = _write_all(partial, todo, pool.map(_render_files, todo, chunksize=16), described, stop)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            complete = _write_all(partial, todo, map(_render_files, todo), described, stop)
+        if not complete:
+            raise Stopped(f"stopped after {len(described)} of {num_images} synthetic images, kept in {partial}; the "
+                          "same call continues from them")
+
+        members: dict[str, list[int]] = {name: [] for name, _ in splits}
+        g = 0
+        num_objects = 0
+        for i in range(num_images):
+            for has_expr in described[i]:
+                if has_expr:
+                    members[split_of[i]].append(g)
+                g += 1
+            num_objects += len(described[i])
+        for name, idx in members.items():
+            (partial / f"{name}.txt").write_text("".join(f"{v}\n" for v in idx))
+        summary = SynthSummary(str(out), num_images, num_objects, sum(map(len, members.values())), {k: len(v) for k, v in members.items()})
+        meta = {"generator": "rsground_jax.data.synthetic", "seed": seed, "config": config.to_json(), "splits": [list(s) for s in splits], **dataclasses.asdict(summary)}
+        meta.pop("out_dir")
+        (partial / SYNTH_META).write_text(json.dumps(meta, indent=1) + "\n")
+        (partial / PARTIAL_META).unlink()
+        (partial / "rsground.lock").unlink()
+        if old_set:
+            _replace_set(out, partial)
+        else:
+            check_destination(out, "dataset")
+            if out.is_dir():
+                out.rmdir()
+            partial.rename(out)
     return summary
 
 
-def _write_all(out: Path, jobs, results) -> dict[int, list[bool]]:
-    described = {}
-    for (_, _, index, stem), (ri, jpeg, xml, has) in zip(jobs, results):
-        assert ri == index
-        (out / "JPEGImages" / f"{stem}.jpg").write_bytes(jpeg)
-        (out / "Annotations" / f"{stem}.xml").write_bytes(xml)
-        described[index] = has
-    return described
+def _described(folder: Path, stem: str) -> list[bool] | None:
+    """Which objects of an already written image have an expression; None when the image is not complete
+    (its XML, written after its JPEG, is missing)."""
+    xml = folder / "Annotations" / f"{stem}.xml"
+    if not (xml.is_file() and (folder / "JPEGImages" / f"{stem}.jpg").is_file()):
+        return None
+    return [o.find("description") is not None for o in ET.parse(xml).getroot().findall("object")]
 
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
+
+
+def _old_parts(out: Path) -> set[str]:
+    old = json.loads((out / SYNTH_META).read_text())
+    return {"Annotations", "JPEGImages", SYNTH_META, *(f"{name}.txt" for name, _ in old.get("splits", []))}
+
+
+def _check_replaceable(out: Path, split_files: list[str]) -> None:
+    """Refuse to replace a set when a file of the new one would take the name of a file that is not the old
+    set's (the user's own)."""
+    clash = [n for n in split_files if (out / n).exists() and n not in _old_parts(out)]
+    if clash:
+        raise DestinationNotEmptyError(f"{out / clash[0]}: not a file of the synthetic set there, and the new set "
+                                       "would write it; move it or choose another folder")
+
+
+def _replace_set(out: Path, new: Path) -> None:
+    """Swap the synthetic set in `out` for the one in `new`: the old set's own files go, nothing else."""
+    parts = _old_parts(out)
+    trash = out.parent / f".{out.name}.replaced"
+    shutil.rmtree(trash, ignore_errors=True)
+    trash.mkdir()
+    for name in parts:
+        if (out / name).exists():
+            (out / name).rename(trash / name)
+    for child in new.iterdir():
+        child.rename(out / child.name)  # `generate_dataset` checked that no file of the user's has this name
+    new.rmdir()
+    shutil.rmtree(trash)
+
+
+def _write_all(out: Path, jobs, results, described: dict[int, list[bool]], stop) -> bool:
+    """Write each rendered image (JPEG, then XML: an image counts as written once its XML is there), adding
+    it to `described`; False when `stop` asked to stop first."""
+    for k, ((_, _, index, stem), (ri, jpeg, xml, has)) in enumerate(zip(jobs, results)):
+        assert ri == index
+        _write_file(out / "JPEGImages" / f"{stem}.jpg", jpeg)
+        _write_file(out / "Annotations" / f"{stem}.xml", xml)
+        described[index] = has
+        if stop is not None and stop.requested and k < len(jobs) - 1:
+            return False
+    return True
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -26,6 +26,7 @@ Each SFT stage trains with the resumable SFT loop under `<workdir>/<stage name>`
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -38,20 +39,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..configs import ConfigError as ExperimentConfigError
+from ..configs import check_experiment, config_differences, plain_config, synth_config
 from ..data import load_split
-from ..data.chat import ChatTemplate, box_question_variants
+from ..data.chat import ChatTemplate, box_question_variants, prompt_spec
 from ..data.pipeline import PipelineConfig, sft_pipeline
-from ..data.synthetic import PRESETS, generate_dataset
+from ..data.synthetic import generate_dataset
 from ..data.tokenizer import load_small_tokenizer, load_tokenizer, special_token_ids
 from ..eval.evaluate import evaluate
-from ..models import ImageProcessor, Qwen25VL, load_pretrained, save_pretrained
-from ..models.qwen2_5_vl import tiny
-from .loop import LoopConfig, WorkdirInUseError, run_sft
+from ..fileio import atomic_write_json, check_destination
+from ..models import ImageProcessor, Qwen25VL, load_pretrained
+from ..models.model_dir import BASE_MODEL_DIR, RECIPE, save_model_dir
+from ..models.qwen2_5_vl import CheckpointError, ConfigError, tiny
+from ..stopping import stop_requests
+from ..workdir import claim
+from .loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError, run_sft
 from .optim import OptimConfig, make_optimizer, schedule
 from .vision_pretrain import VisionPretrainConfig, pretrain_vision, scenes_from_records
 
 log = logging.getLogger(__name__)
-BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base_model"
 
 
 def tokenizer_from(name: str):
@@ -66,9 +72,18 @@ def _tokenizer_of_init(init: str) -> str:
     return init
 
 
+# tiny() arguments that come from the tokenizer, not from tiny_options.
+TINY_FIXED = {"vocab_size", "image_token_id", "vision_start_token_id", "vision_end_token_id", "eos_token_id",
+              "bos_token_id", "video_token_id", "pad_token_id"}
+
+
 def tiny_for(tokenizer, **options) -> "Qwen25VLConfig":  # noqa: F821
     """The tiny preset with the tokenizer's vocabulary and special ids; `options` go to `tiny()`
     (text_layers, vision_depth, rope_theta, mrope_section, tie_word_embeddings)."""
+    known = set(inspect.signature(tiny).parameters) - TINY_FIXED
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown tiny() option(s) {unknown}; known: {sorted(known)}")
     sp = special_token_ids(tokenizer)
     return tiny(vocab_size=sp.vocab_size, image_token_id=sp.image_pad, vision_start_token_id=sp.vision_start,
                 vision_end_token_id=sp.vision_end, eos_token_id=sp.im_end, bos_token_id=sp.pad,
@@ -93,8 +108,8 @@ def init_model(init: str, tokenizer, seed: int, compute_dtype: str = "float32", 
     model = load_pretrained(path, jnp.float32, compute_dtype=DTYPES[compute_dtype], remat=remat)
     vocab = special_token_ids(tokenizer).vocab_size
     if model.config.text.vocab_size < vocab:
-        raise ValueError(f"{path}: model vocabulary ({model.config.text.vocab_size}) is smaller than the "
-                         f"tokenizer's ({vocab})")
+        raise CheckpointError(f"{path}: model vocabulary ({model.config.text.vocab_size}) is smaller than the "
+                              f"tokenizer's ({vocab})")
     return model
 
 
@@ -102,40 +117,17 @@ def template_from(cfg) -> ChatTemplate:
     return ChatTemplate(system=cfg.template_system or None, question=cfg.template_question)
 
 
-PROMPT_SPEC = "rsground_prompt.json"
-
-
-def write_prompt_spec(path, template: ChatTemplate, max_pixels: int, answer_style: str) -> None:
-    """Record how the model was prompted (template, pixel budget, answer style) beside its weights."""
-    with open(os.path.join(path, PROMPT_SPEC), "w") as f:
-        json.dump({"system": template.system, "question": template.question, "max_pixels": max_pixels,
-                   "answer_style": answer_style}, f, indent=2)
-
-
-def read_prompt_spec(path) -> tuple[ChatTemplate, ImageProcessor, str]:
-    """(template, processor, answer style) a model directory was trained with; defaults if absent."""
-    spec_path = os.path.join(path, PROMPT_SPEC)
-    if not os.path.isfile(spec_path):
-        return ChatTemplate(), ImageProcessor(), "cot"
-    with open(spec_path) as f:
-        spec = json.load(f)
-    return (ChatTemplate(system=spec["system"], question=spec["question"]),
-            ImageProcessor(max_pixels=spec["max_pixels"]), spec["answer_style"])
-
-
-def synth_config(spec: dict):
-    spec = dict(spec)
-    base = PRESETS[spec.pop("preset")]
-    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-
-
 def stage_data(cfg, stage, index: int):
-    """(train records, val records) of a stage: a generated synthetic set or a dataset on disk."""
+    """(train records, val records) of a stage: a generated synthetic set or a dataset on disk. A synthetic set
+    is written whole or not at all (`generate_dataset`); SIGTERM or Ctrl-C while it is written keeps the images
+    so far for the resumed run and raises `Stopped`."""
     if "synth" in stage and stage.synth is not None:
         root = os.path.join(cfg.workdir, f"data_{stage.name}")
         if not os.path.isdir(os.path.join(root, "Annotations")):
             seed = int(stage.get("data_seed", cfg.seed + index))
-            generate_dataset(root, stage.num_images, seed=seed, config=synth_config(stage.synth.to_dict()))
+            with stop_requests() as stop:
+                generate_dataset(root, stage.num_images, seed=seed, config=synth_config(stage.synth.to_dict()),
+                                 stop=stop)
         fmt = "dior_rsvg"
     else:
         root, fmt = stage.data_root, stage.get("data_format", "auto")
@@ -156,13 +148,13 @@ def stage_template(template: ChatTemplate, stage) -> ChatTemplate:
         return template
     if isinstance(v, str):
         if v not in QUESTION_VARIANTS:
-            raise ValueError(f"stage {stage.name}: question_variants={v!r} is not one of {sorted(QUESTION_VARIANTS)} "
-                             "(or give a list of questions)")
+            raise ExperimentConfigError(f"stage {stage.name}: question_variants={v!r} is not one of "
+                                        f"{sorted(QUESTION_VARIANTS)} (or give a list of questions)")
         v = QUESTION_VARIANTS[v]()
     try:
         return dataclasses.replace(template, question_variants=tuple(v))
     except ValueError as e:
-        raise ValueError(f"stage {stage.name}: question_variants: {e}") from None
+        raise ExperimentConfigError(f"stage {stage.name}: question_variants: {e}") from None
 
 
 def stage_records(cfg, index: int):
@@ -193,26 +185,49 @@ def stage_records(cfg, index: int):
     return train, val
 
 
-def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
+def run_experiment(cfg, *, progress: bool = True, resume: bool = False, source: str = "config",
+                   workdir_claim=None) -> dict:
     """Run every stage of an SFT config; returns a report (also written to `<workdir>/report.json`).
 
-    `resume`: continue each stage from its latest checkpoint (a finished stage runs no more steps); without
-    it a stage workdir that holds checkpoints raises `WorkdirInUseError`.
+    The config is checked first (`configs.check_experiment`; `source` names it in errors). The workdir is
+    locked for this run and remembers the config that started it (`workdir.claim`; pass `workdir_claim` when
+    the caller holds it already): a fresh run refuses a workdir that holds an earlier run, and `resume`
+    continues each stage from its latest checkpoint (a finished stage runs no more steps) only with the same
+    config, up to `configs.RESUMABLE_KEYS`. `output` must be missing or empty, or hold this workdir's own
+    earlier export when a finished run is resumed; the export is a complete model folder (weights, tokenizer,
+    rsground_prompt.json, RECIPE.json) that appears in one rename.
     """
+    check_experiment(cfg, source)
+    if workdir_claim is not None:
+        return _run_stages(cfg, workdir_claim, progress=progress, resume=resume, source=source)
+    lock = claim(cfg.workdir, plain_config(cfg), resume=resume, command="sft", differences=config_differences)
+    try:
+        return _run_stages(cfg, lock, progress=progress, resume=resume, source=source)
+    finally:
+        lock.release()
+
+
+def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict:
+    export_done = _check_output(cfg, resume)
     tok = tokenizer_from(cfg.tokenizer or _tokenizer_of_init(cfg.init))
     tiny_options = cfg.get("tiny_options")
-    model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"),
-                       tiny_options.to_dict() if tiny_options is not None else None)
+    try:
+        model = init_model(cfg.init, tok, cfg.seed, cfg.get("compute_dtype", "float32"), cfg.get("remat", "none"),
+                           tiny_options.to_dict() if tiny_options is not None else None)
+    except ConfigError as e:
+        if cfg.init != "tiny":
+            raise
+        raise ExperimentConfigError(f"{source}: tiny_options {tiny_options.to_dict() if tiny_options else {}}: {e}") \
+            from None
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
+    lock.commit()  # the checks passed: the workdir is this run's
     t0 = time.time()
-    report = {"config": _plain(cfg), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
+    report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
     for i, st in enumerate(cfg.stages):
-        task = st.get("task", "sft")
-        if task not in ("sft", "vision"):
-            raise ValueError(f"stage {st.name}: task={task!r} is not 'sft' or 'vision'")
         train, val = stage_records(cfg, i)
-        if task == "vision":
+        if st.get("task", "sft") == "vision":
             row = vision_stage(st, model, train, proc, os.path.join(cfg.workdir, st.name), resume=resume,
                                seed=int(st.get("seed", cfg.seed + i)))
             report["stages"].append(row)
@@ -227,10 +242,12 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
                           end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
                           freeze_vision=bool(st.get("freeze_vision", False)),
                           vision_lr_scale=float(st.get("vision_lr_scale", 1.0)))
+        interval = {k: st.get(k, cfg.get(k, default)) for k, default in
+                    (("log_every", 50), ("checkpoint_every", 250), ("keep_checkpoints", 3))}
         ts = time.time()
         res = run_sft(model, pl, make_optimizer(opt),
-                      LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), log_every=50,
-                                 checkpoint_every=250, progress=progress),
+                      LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), progress=progress,
+                                 **interval),
                       os.path.join(cfg.workdir, st.name), resume=resume, freeze_vision=opt.freeze_vision,
                       schedule=schedule(opt))
         row = {"stage": st.name, "steps": st.steps, "seconds": round(time.time() - ts, 1),
@@ -246,17 +263,47 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False) -> dict:
             report["preempted"] = True
             return report
     report["wall_seconds"] = round(time.time() - t0, 1)
-    os.makedirs(cfg.workdir, exist_ok=True)
-    with open(os.path.join(cfg.workdir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2, default=str)
-    if cfg.output:
-        save_pretrained(model, cfg.output)
-        tok.save_pretrained(cfg.output)  # the export is a complete model directory
-        with open(os.path.join(cfg.output, "RECIPE.json"), "w") as f:
-            json.dump(report, f, indent=2, default=str)
-        write_prompt_spec(cfg.output, template, cfg.max_pixels, cfg.answer_style)
+    atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
+    if export_done:
+        print(f"{cfg.output} already holds this run's export", flush=True)
+    elif cfg.output:
+        save_model_dir(model, cfg.output, tokenizer=tok, recipe=report,
+                       prompt_spec=prompt_spec(template, cfg.max_pixels, cfg.answer_style))
     report["model"] = model
     return report
+
+
+def _check_output(cfg, resume: bool) -> bool:
+    """Before any work: True when `output` holds this workdir's export and the resumed run has nothing left
+    to train (it ends without exporting again), False when `output` is missing or empty; otherwise an error, so
+    that a run never fails at its export after the training."""
+    if not cfg.output:
+        return False
+    try:
+        own = json.loads((Path(cfg.output) / RECIPE).read_text())["workdir"] == os.path.abspath(cfg.workdir)
+    except (OSError, ValueError, KeyError, TypeError):
+        own = False
+    if own and resume:
+        left = _steps_left(cfg)
+        if left:
+            raise WorkdirInUseError(f"{cfg.output}: holds this workdir's export from before, and the resumed run "
+                                    f"trains on ({left}); set output to a new folder")
+        return True
+    check_destination(cfg.output, "output")
+    return False
+
+
+def _steps_left(cfg) -> str:
+    """The SFT stages whose latest checkpoint is short of their steps, as 'stage: step N of M' ('' if none)."""
+    left = []
+    for st in cfg.stages:
+        if st.get("task", "sft") != "sft":
+            continue
+        ckpts = Path(cfg.workdir) / st.name / "checkpoints"
+        done = max((int(c.name) for c in ckpts.iterdir() if c.name.isdigit()), default=0) if ckpts.is_dir() else 0
+        if done < st.steps:
+            left.append(f"{st.name}: step {done} of {st.steps}")
+    return ", ".join(left)
 
 
 TOWER_FILE = "vision_tower.npz"
@@ -310,10 +357,8 @@ def load_tower(model, path) -> None:
     with np.load(path) as f:
         got = {k: f[k] for k in f.files}
     if set(got) != set(names) or any(got[n].shape != v.shape for n, (_, v) in zip(names, paths)):
-        raise ValueError(f"{path}: the saved vision tower does not match this model's tower (other shapes or names)")
+        raise CheckpointMismatchError(f"{path}: the saved vision tower does not match this model's tower (other "
+                                      "shapes or names)")
     leaves = [jnp.asarray(got[n], dtype=v.dtype) for n, (_, v) in zip(names, paths)]
     nnx.update(model.vision, jax.tree_util.tree_unflatten(treedef, leaves))
 
-
-def _plain(cfg):
-    return json.loads(json.dumps(cfg.to_dict(), default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))

@@ -6,8 +6,10 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 never looks like a checkpoint. Saves are asynchronous: the step loop goes on while files are written.
 
 `resume=True` restores the latest checkpoint and the iterator position, so a stopped-and-resumed run sees
-exactly the batches, and produces exactly the losses, of an uninterrupted one. SIGTERM (how TPU VMs are
-preempted) finishes the current step, saves, waits for the save, and returns with `preempted=True`.
+exactly the batches, and produces exactly the losses, of an uninterrupted one; the metrics rows the stopped run
+wrote after that checkpoint are dropped (`MetricsWriter`). SIGTERM (how TPU VMs are preempted) or Ctrl-C
+finishes the current step, saves, waits for the save, and returns with `preempted=True`; a second Ctrl-C
+stops at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import dataclasses
 import json
 import logging
 import os
-import signal
+import shutil
 import time
 from typing import Any, Callable
 
@@ -26,20 +28,20 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ..errors import UserError
+from ..fileio import atomic_write_text
+from ..stopping import stop_requests
+from ..workdir import WorkdirInUseError
 from .step import TrainState, add_vision_inputs, make_sft_step, stack_micro_batches, static_vision_sizes
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A training checkpoint that does not match the model/optimizer being resumed."""
 
 
-class WorkdirInUseError(ValueError):
-    """A fresh (not resumed) run pointed at a workdir that already holds training checkpoints."""
-
-
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
 
@@ -54,6 +56,16 @@ class LoopConfig:
     async_checkpoints: bool = True
     progress: bool = True
 
+    def __post_init__(self):
+        for name in ("total_steps", "accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LoopConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+class LoopConfigError(UserError, ValueError):
+    """A loop setting out of range (steps, intervals)."""
+
 
 @dataclasses.dataclass
 class LoopResult:
@@ -64,15 +76,24 @@ class LoopResult:
 
 
 class MetricsWriter:
-    """Metrics rows to `<workdir>/metrics.jsonl` and TensorBoard event files in `<workdir>/tb`."""
+    """Metrics rows to `<workdir>/metrics.jsonl` and TensorBoard event files in `<workdir>/tb`.
 
-    def __init__(self, workdir: str):
+    `resumed_at`: the step the run continues from (0 for a fresh start). Rows of later steps, written by the
+    earlier run after its last checkpoint, are dropped from the JSONL file (and a line cut short by a kill is
+    dropped with them), and TensorBoard is told to purge its events of those steps, so that every step appears
+    once after any number of resumes.
+    """
+
+    def __init__(self, workdir: str, resumed_at: int = 0):
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            atomic_write_text(path, "".join(line + "\n" for line in _rows_up_to(path, resumed_at)))
+        self._jsonl = open(path, "a")
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resumed_at + 1 if resumed_at else None)
         except ImportError:  # optional: JSONL is always written
             self._tb = None
 
@@ -90,27 +111,18 @@ class MetricsWriter:
             self._tb.close()
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (restores the old handler on exit)."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no preemption support
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+def _rows_up_to(path: str, step: int) -> list[str]:
+    """The complete JSON lines of `path` whose step is at most `step`."""
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line.rstrip("\n"))
+    return kept
 
 
 def checkpoint_manager(workdir: str, cfg: LoopConfig) -> ocp.CheckpointManager:
@@ -204,12 +216,12 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
     t_last, samples_since = time.perf_counter(), 0
     previous = None  # last step's metrics, read one step late so the host never waits for the device
     try:
-        writer = MetricsWriter(workdir)
+        writer = MetricsWriter(workdir, resumed_at=step)
         if cfg.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
-        with _Preemption() as preempt:
+        with stop_requests() as preempt:
             for _ in range(step, cfg.total_steps):
                 micro = []
                 for _ in range(cfg.accum_steps):
@@ -237,9 +249,12 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
                         bar.set_postfix(loss=f"{row['loss']:.4f}", rate=f"{row['samples_per_s']:.1f}/s")
                 if bar is not None:
                     bar.update(1)
-                mngr.save(step, args=_ckpt_args(state, pipeline, iterator),
-                          force=preempt.requested or step == cfg.total_steps)
-                if preempt.requested:
+                stop = preempt.requested  # read once: a signal between two reads would stop without saving
+                force = stop or step == cfg.total_steps
+                if force or mngr.should_save(step):
+                    _check_space(mngr, state, step)
+                mngr.save(step, args=_ckpt_args(state, pipeline, iterator), force=force)
+                if stop:
                     preempted = True
                     break
             _check_skips(previous, cfg)
@@ -247,12 +262,32 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
         mngr.wait_until_finished()
         mngr.close()
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError as e:  # a full disk: the error that stopped the run matters more than a last flush
+                log.warning("metrics of %s not flushed: %s", workdir, e)
         if bar is not None:
             bar.close()
         if not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state.params)):
             nnx.update(model, state.params)
     return LoopResult(state=state, history=history, preempted=preempted, resumed_from=resumed_from)
+
+
+class DiskSpaceError(UserError, OSError):
+    """Too little free space for the next checkpoint: found before writing it, not half-way through."""
+
+
+def _check_space(mngr, state: TrainState, step: int) -> None:
+    """Stop before a checkpoint that cannot fit: Orbax writes in background threads, and a disk that fills up
+    under them gives hundreds of lines of their errors and a checkpoint that is lost anyway."""
+    need = sum(x.nbytes for x in jax.tree.leaves(state)) + 4 * 2**20  # the arrays, uncompressed, and metadata
+    free = shutil.disk_usage(mngr.directory).free
+    if free < need:
+        latest = mngr.latest_step()
+        raise DiskSpaceError(
+            f"{mngr.directory}: {free / 2**20:.1f} MiB free, the checkpoint of step {step} needs about "
+            f"{need / 2**20:.1f} MiB; make room and resume (--resume) from "
+            f"{f'step {latest}' if latest is not None else 'the start: no checkpoint was written yet'}")
 
 
 def _check_skips(metrics, cfg: LoopConfig) -> None:

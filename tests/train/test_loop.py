@@ -109,3 +109,17 @@ def test_resuming_a_checkpoint_of_another_model_shape_is_a_clear_error(setup, tm
                 resume=True)
     # found in the checkpoint's metadata, before a restore starts: the leaf and both shapes are named
     assert re.search(r"params/\S+ has shape \(.*\) in the checkpoint, \(.*\) here", str(err.value)), str(err.value)
+
+
+def test_a_resumed_run_drops_the_metrics_rows_logged_after_its_checkpoint(tmp_path):
+    from rsground_jax.train.loop import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 11)]
+    path.write_text("\n".join(rows) + "\n" + '{"step": 11, "lo')  # a line cut short by kill -9
+    writer = MetricsWriter(str(tmp_path), resumed_at=6)
+    writer.write({"step": 7, "loss": 0.5})
+    writer.close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4, 5, 6, 7]
+    MetricsWriter(str(tmp_path), resumed_at=0).close()  # a run started afresh keeps none
+    assert path.read_text() == ""

@@ -80,7 +80,7 @@ def test_vision_stage_trains_the_tower_only_and_resumes_from_its_saved_tower(tmp
     assert 0.0 <= v["object_token_category_accuracy"] <= 1.0 and v["val_images"] >= 1
     assert (tmp_path / "run" / "vision" / TOWER_FILE).is_file()
     # a fresh run in the same workdir refuses; a resumed one loads the saved tower instead of training
-    with pytest.raises(WorkdirInUseError, match="vision tower of an earlier run"):
+    with pytest.raises(WorkdirInUseError, match="holds an earlier sft run; resume it"):
         run_experiment(cfg, progress=False)
     again = run_experiment(cfg, progress=False, resume=True)
     assert again["stages"][0]["resumed"]
