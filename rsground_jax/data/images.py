@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from rsground_jax.data.records import DataError
-from rsground_jax.models.processor import ImageProcessor, to_rgb
+from rsground_jax.models.processor import ImageProcessor, pixel_mode_problem, to_rgb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +38,14 @@ class FileImages:
         try:
             im = Image.open(path)
             im.load()
-            return im
         except FileNotFoundError:
             raise DataError(path, "image file not found", kind="missing_image") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(path, f"corrupt or unreadable image ({type(e).__name__}: {e})", kind="corrupt_image") from None
+        problem = pixel_mode_problem(im)
+        if problem:
+            raise DataError(path, problem, kind="unsupported_image")
+        return im
 
     def subset(self, keep) -> "FileImages":
         return FileImages(tuple(self.paths[i] for i in keep))

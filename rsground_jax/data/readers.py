@@ -10,9 +10,11 @@
     every `<object>` is numbered 0, 1, 2, ... across all of them (the numbering of the reference loaders,
     RSVG-pytorch / LQVG); an object belongs to the split when its number is listed. Records come in
     ascending index order and `record_id` is that index. The other objects of the same XML file become
-    `others`. An XML file that cannot be parsed still has its `<object>` tags counted in the raw text, so
-    that in `on_error="skip"` mode the numbering of the files after it stays right; the listed objects in
-    it are skipped and reported.
+    `others`. An XML file that cannot be parsed (empty, cut short, not XML) has an unknown number of
+    objects, so the numbers of its objects and of every object in the files after it are unknown too: each
+    listed index from the broken file's first one on is an error (`kind="untrusted_index"`), raised under
+    `on_error="raise"`, skipped and reported under `"skip"`. Counting `<object>` tags in a broken file's text
+    would be a guess, and a wrong guess gives every later record another object's box and expression.
 
 ``rsvg_hr`` (RSVG-HR, Lan et al., LQVG repository)
     `Annotations/rsvg_hr_{split}.txt` (or `rsvg_hr_{split}.txt` in `root`), one expression per line:
@@ -50,6 +52,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
 from PIL import Image
 
 from rsground_jax.data.records import (
@@ -62,11 +65,11 @@ from rsground_jax.data.records import (
     validate_box,
     validate_expression,
 )
+from rsground_jax.models.processor import pixel_mode_problem
 
 FORMATS = ("dior_rsvg", "opt_rsvg", "rsvg_hr", "vrsbench")
 CHECK_IMAGES_CHOICES = ("decode", "header", "none")
 
-_OBJECT_TAG = re.compile(rb"<object[\s>]")
 _VOC_IMAGE_DIRS = ("JPEGImages", "Image", "Images", "images")
 _HR_IMAGE_DIRS = ("images", "JPEGImages", "Images", "Image")
 
@@ -164,7 +167,12 @@ def probe_image(path, mode: str = "decode") -> tuple[int, int]:
                 if im.format == "JPEG":
                     im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 im.load()
+                problem = pixel_mode_problem(im)
+                if problem:
+                    raise DataError(path, problem, kind="unsupported_image")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(path, f"corrupt or unreadable image ({type(e).__name__}: {e})", kind="corrupt_image") from None
     if width <= 0 or height <= 0:
         raise DataError(path, f"image has an empty size {width}x{height}", kind="corrupt_image")
@@ -224,38 +232,46 @@ class _VocFile:
     error: DataError | None = None
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (universal newlines); `DataError` naming the file when it is not UTF-8 or
+    cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not a UTF-8 text file (byte {e.start}: {e.reason})", kind="unreadable_file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot be read ({e.strerror or e})", kind="unreadable_file") from None
+
+
 def read_split_indices(path: Path, policy: ErrorPolicy) -> list[int]:
     """Integers of a split file, one per line (blank lines ignored), ascending and deduplicated."""
     indices = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                value = int(text)
-            except ValueError:
-                policy(DataError(path, f"not an object index: {text!r}", f"line {n}", kind="bad_split_line"))
-                continue
-            if value < 0:
-                policy(DataError(path, f"negative object index {value}", f"line {n}", kind="bad_split_line"))
-                continue
-            if value in indices:
-                policy.report.notes.append(f"{path}: index {value} listed more than once (line {n})")
-            indices.add(value)
+    for n, line in enumerate(read_text_lines(path), 1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            policy(DataError(path, f"not an object index: {text!r}", f"line {n}", kind="bad_split_line"))
+            continue
+        if value < 0:
+            policy(DataError(path, f"negative object index {value}", f"line {n}", kind="bad_split_line"))
+            continue
+        if value in indices:
+            policy.report.notes.append(f"{path}: index {value} listed more than once (line {n})")
+        indices.add(value)
     return sorted(indices)
 
 
 def parse_voc_xml(path: Path, first_index: int) -> _VocFile:
     """One annotation file; objects numbered from `first_index`. Never raises for bad content."""
-    raw = path.read_bytes()
     try:
-        tree = ET.fromstring(raw)
-    except ET.ParseError as e:
-        count = len(_OBJECT_TAG.findall(raw))
-        err = DataError(path, f"unparsable XML ({e}); {count} <object> tags counted in the text", kind="unparsable_xml")
-        objects = [_VocObject(first_index + i, path, i, None, err, None) for i in range(count)]
-        return _VocFile(path, "", None, objects, err)
+        tree = ET.fromstring(path.read_bytes())
+    except (ET.ParseError, OSError) as e:
+        reason = f"unparsable XML ({e})" if isinstance(e, ET.ParseError) else f"unreadable ({e.strerror or e})"
+        return _VocFile(path, "", None, [], DataError(path, reason, kind="unparsable_xml"))
     filename = (tree.findtext("filename") or "").strip() or path.stem + ".jpg"
     size = None
     try:
@@ -291,14 +307,16 @@ def _read_voc(root: Path, split: str, dataset: str, opts: _Options, policy: Erro
 
     files: list[_VocFile] = []
     total = 0
+    broken: _VocFile | None = None  # the first unparsable file: numbering is unknown from `total` at it on
     for xml_path in sorted(ann_dir.glob("*.xml"), key=lambda p: p.name):
         f = parse_voc_xml(xml_path, total)
-        total += len(f.objects)
         files.append(f)
         if f.error is not None:
-            policy.report.notes.append(
-                f"{xml_path.name}: numbering continued after it with {len(f.objects)} <object> tags counted in the raw text"
-            )
+            if broken is None:
+                broken, trusted = f, total
+            policy.report.notes.append(f"{xml_path.name}: {f.error.problem}; the object numbers from {total} on "
+                                       "are unknown")
+        total += len(f.objects)
 
     by_index: dict[int, tuple[_VocFile, _VocObject]] = {}
     for f in files:
@@ -306,6 +324,11 @@ def _read_voc(root: Path, split: str, dataset: str, opts: _Options, policy: Erro
             by_index[o.index] = (f, o)
     selected = []
     for idx in wanted:
+        if broken is not None and idx >= trusted:
+            policy(DataError(split_file, f"object index {idx} cannot be trusted: {broken.path} is "
+                             f"{broken.error.problem.split(' (')[0]}, so how many objects it holds, and the numbers of "
+                             f"every object from {trusted} on, are unknown", kind="untrusted_index"))
+            continue
         if idx not in by_index:
             policy(DataError(split_file, f"object index {idx} is beyond the last object ({total - 1}) of the {len(files)} files in {ann_dir}", kind="bad_index"))
             continue
@@ -379,22 +402,20 @@ def _read_rsvg_hr(root: Path, split: str, opts: _Options, policy: ErrorPolicy) -
         raise DataError(root, f"no RSVG-HR annotation file for {split!r} (looked for {', '.join(map(str, candidates))})", kind="missing_root")
     image_dir = _image_dir(root, opts, _HR_IMAGE_DIRS)
     rows = []
-    with open(ann, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
-            where = f"line {n}"
-            parts = text.split(",", 5)
-            if len(parts) < 6:
-                policy(DataError(ann, f"expected 'image,x1,y1,x2,y2,expression', got {len(parts)} fields: {text!r}", where, kind="bad_line"))
-                continue
-            try:
-                box = tuple(float(v) for v in parts[1:5])
-            except ValueError:
-                policy(DataError(ann, f"unparsable box values {parts[1:5]}", where, kind="bad_box"))
-                continue
-            rows.append((n, parts[0].strip(), box, parts[5]))
+    for n, text in enumerate(read_text_lines(ann), 1):
+        if not text.strip():
+            continue
+        where = f"line {n}"
+        parts = text.split(",", 5)
+        if len(parts) < 6:
+            policy(DataError(ann, f"expected 'image,x1,y1,x2,y2,expression', got {len(parts)} fields: {text!r}", where, kind="bad_line"))
+            continue
+        try:
+            box = tuple(float(v) for v in parts[1:5])
+        except ValueError:
+            policy(DataError(ann, f"unparsable box values {parts[1:5]}", where, kind="bad_box"))
+            continue
+        rows.append((n, parts[0].strip(), box, parts[5]))
 
     mode = "header" if opts.check_images == "none" else opts.check_images
     sizes = _probe_all([str(image_dir / r[1]) for r in rows], mode, opts.num_threads)

@@ -37,6 +37,12 @@ from rsground_jax.data.records import AnnotatedObject, GroundingRecord
 SPLITS = ("train", "val", "test")
 
 
+class _ManualDatasetInfo(tfds.core.DatasetInfo):
+    def initialize_from_bucket(self) -> None:
+        """Nothing: this dataset is built from a manual folder and is never on the TFDS bucket, whose lookup
+        (disabled offline) still left an empty temporary folder behind on every build."""
+
+
 class DiorRsvg(tfds.core.GeneratorBasedBuilder):
     """DIOR-RSVG visual grounding (Zhan et al., TGRS 2023) from a manual download folder."""
 
@@ -76,7 +82,7 @@ class DiorRsvg(tfds.core.GeneratorBasedBuilder):
                 "other_expressions": tfds.features.Sequence(tfds.features.Text()),
             }
         )
-        return tfds.core.DatasetInfo(
+        return _ManualDatasetInfo(
             builder=self,
             description="DIOR-RSVG referring expressions over 800x800 DIOR images; boxes in original pixels.",
             features=features,

@@ -57,8 +57,26 @@ def smart_resize(
     return h_bar, w_bar
 
 
+# PIL modes of one 16-bit (or 32-bit integer) channel. PIL's own conversion to RGB clips these at 255, so a
+# 16-bit image would come out nearly all white (transformers' processor does the same); they are scaled instead.
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def pixel_mode_problem(image: Image.Image) -> str | None:
+    """Why `to_rgb` cannot convert this image faithfully, or None. Checked when data is read, so that a bad
+    image is reported with its file name."""
+    if image.mode == "F":
+        return "32-bit floating-point pixels have no defined 8-bit range; convert the image to 8 or 16 bits"
+    if image.mode == "I":
+        lo, hi = image.getextrema()
+        if lo < 0 or hi > 65535:
+            return f"32-bit integer pixels in [{lo}, {hi}], outside the 16-bit range this reader scales to 8 bits"
+    return None
+
+
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
-    """RGB PIL image; transparency is composited onto white, as transformers does."""
+    """RGB PIL image; transparency is composited onto white, as transformers does. One 16-bit channel (PIL
+    modes I;16 and I with values in 0-65535) is scaled to 8 bits as round(v / 257) and repeated over RGB."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
@@ -69,6 +87,12 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    if image.mode in WIDE_GRAY_MODES or image.mode == "F":
+        problem = pixel_mode_problem(image)
+        if problem:
+            raise ValueError(problem)
+        wide = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -185,11 +185,6 @@ BAD_CASES = {
         r"00002\.jpg: corrupt or unreadable image \(OSError: image file is truncated",
         [0, 5],
     ),
-    "unparsable_xml": (
-        lambda root: (root / "Annotations" / "00002.xml").write_text((root / "Annotations" / "00002.xml").read_text()[:-20]),
-        r"00002\.xml:object 1 \(global index 3\): unparsable XML .*3 <object> tags counted",
-        [0, 5],
-    ),
     "box_outside_image": (
         lambda root: _write_file(root, "00002", [voc_object("storagetank", (5, 5, 25, 25), "a"), voc_object("storagetank", (60, 60, 230, 90), "the storagetank number 3"), voc_object("vehicle", (150, 10, 170, 30), "c")]),
         r"00002\.xml:object 1 \(global index 3\): box \(60, 60, 230, 90\) lies outside the 200x160 image",
@@ -247,14 +242,44 @@ def test_bad_input_skipped_is_counted_and_reported(tmp_path, kind, caplog):
     assert re.search(pattern, caplog.text)
 
 
-def test_unparsable_xml_in_skip_mode_keeps_numbering_of_later_files(tmp_path):
-    root = make_dior(tmp_path / "d", splits={"train": [1, 2, 5]})
-    (root / "Annotations" / "00001.xml").write_text("<annotation><object><name>a</name></object><object>")
+LAYOUTS = {"dior_rsvg": {}, "opt_rsvg": {"images_dir": "Image", "split_dir": "split", "floats": True}}
+BREAKS = {"zero_bytes": lambda text: "", "truncated": lambda text: text[: len(text) // 2]}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("damage", sorted(BREAKS))
+def test_a_broken_xml_never_relabels_the_records_after_it(tmp_path, layout, damage):
+    # Indices 0-1 in 00001.xml, 2-4 in 00002.xml, 5 in 00003.xml. With 00002.xml unreadable, how many objects
+    # it held is unknown, and so is the number of every object from 2 on: 5 could be any object of 00003.xml.
+    root = make_dior(tmp_path / "d", splits={"train": [0, 1, 3, 5]}, **LAYOUTS[layout])
+    xml = root / "Annotations" / "00002.xml"
+    xml.write_text(BREAKS[damage](xml.read_text()))
     records = load_split(root, "train", on_error="skip")
-    # File 1's 2 objects are counted from the raw text, so file 3's object keeps index 5.
-    assert [_index_of(r) for r in records] == [2, 5]
-    assert records.report.skipped_by_kind() == {"unparsable_xml": 1}
-    assert any("numbering continued" in n for n in records.report.notes)
+    assert [_index_of(r) for r in records] == [0, 1]  # read from before the broken file, each its own object
+    assert records.report.kept == 2 and records.report.skipped_by_kind() == {"untrusted_index": 2}
+    assert [e.problem.split(":")[0] for e in records.report.skipped] == ["object index 3 cannot be trusted",
+                                                                         "object index 5 cannot be trusted"]
+    assert all("00002.xml is unparsable XML" in str(e) for e in records.report.skipped)
+    with pytest.raises(DataError, match=r"train\.txt: object index 3 cannot be trusted: .*00002\.xml is unparsable XML"):
+        load_split(root, "train")  # the default policy refuses
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_broken_xml_after_the_split_leaves_it_whole(tmp_path, layout):
+    root = make_dior(tmp_path / "d", splits={"train": [0, 1, 2, 4]}, **LAYOUTS[layout])
+    (root / "Annotations" / "00003.xml").write_text("<annotation><object>")
+    for policy in ("raise", "skip"):
+        records = load_split(root, "train", on_error=policy)
+        assert [_index_of(r) for r in records] == [0, 1, 2, 4] and records.report.num_skipped == 0
+        assert any("00003.xml" in n and "unknown" in n for n in records.report.notes)
+
+
+def test_a_non_utf8_split_file_is_named(tmp_path):
+    root = make_dior(tmp_path / "d")
+    (root / "train.txt").write_bytes(b"0\n\xff\xfe3\n")
+    for policy in ("raise", "skip"):
+        with pytest.raises(DataError, match=r"train\.txt: not a UTF-8 text file"):
+            load_split(root, "train", on_error=policy)
 
 
 def test_check_images_header_does_not_decode(tmp_path):

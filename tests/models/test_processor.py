@@ -70,3 +70,25 @@ def test_bad_sizes_raise_clear_errors():
         smart_resize(10, 3000)
     with pytest.raises(ValueError, match="positive"):
         smart_resize(0, 100)
+
+
+def test_a_16_bit_gray_image_is_scaled_to_8_bits_not_clipped_to_white(rng):
+    wide = rng.integers(0, 65536, (70, 90)).astype(np.uint16)
+    narrow = ((wide.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257)
+    proc = ImageProcessor()
+    for image in (Image.fromarray(wide), Image.fromarray(wide.astype(np.int32), "I")):
+        ours = proc([image])
+        np.testing.assert_array_equal(ours["pixel_values"], proc([Image.fromarray(narrow)])["pixel_values"])
+    # what PIL's own conversion (and transformers', which uses it) makes of it: nearly all white
+    assert (np.asarray(Image.fromarray(wide).convert("RGB")) == 255).mean() > 0.95
+
+
+def test_images_with_no_8_bit_meaning_are_refused():
+    from rsground_jax.models.processor import pixel_mode_problem, to_rgb
+
+    floats = Image.fromarray(np.zeros((8, 8), np.float32), "F")
+    assert "floating-point" in pixel_mode_problem(floats)
+    with pytest.raises(ValueError, match="floating-point"):
+        to_rgb(floats)
+    huge = Image.fromarray(np.full((8, 8), 70000, np.int32), "I")
+    assert "outside the 16-bit range" in pixel_mode_problem(huge)
