@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .main import UserError, non_negative_int, positive_int
+from .main import UserError, non_negative_float, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,19 +78,9 @@ def _reader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="dior_rsvg, opt_rsvg, rsvg_hr, vrsbench or auto")
     p.add_argument("--on-error", choices=["raise", "skip"], default="skip")
     p.add_argument("--check-images", choices=["decode", "header", "none"], default="decode")
-    p.add_argument("--clip-tolerance", type=_non_negative_float, default=0.0,
+    p.add_argument("--clip-tolerance", type=non_negative_float, default=0.0,
                    help="clip boxes outside the image by at most this many px")
     p.add_argument("--images-dir", default=None)
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def _load(args):

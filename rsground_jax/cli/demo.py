@@ -131,18 +131,19 @@ def _run(args, lock) -> int:
     from ..eval.metrics import grounding_metrics
     from ..fileio import atomic_path, atomic_write_json
     from ..models import ImageProcessor
-    from ..models.model_dir import BASE_MODEL_DIR, load_model, missing_parts, read_prompt_spec
+    from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve
     from ..stopping import stop_requests
     from ..train import LoopConfig, OptimConfig, make_optimizer, run_sft
 
     t0 = time.time()
-    base_dir = str(BASE_MODEL_DIR) if args.base == "base" else args.base
+    base_dir = resolve(args.base)
     packaged = os.path.isfile(os.path.join(base_dir, "config.json"))
     if not packaged and args.base != "base":
         raise UserError(f"{base_dir}: no model there (config.json missing)")
-    if packaged and missing_parts(base_dir):
-        raise UserError(f"--base {base_dir}: not a complete model folder; it lacks {', '.join(missing_parts(base_dir))}")
     if packaged:
+        missing = missing_parts(base_dir)
+        if missing:
+            raise UserError(f"--base {base_dir}: not a complete model folder; it lacks {', '.join(missing)}")
         base_template, proc, _ = prompt_from_spec(read_prompt_spec(base_dir))
     lock.commit()
     if not packaged:

@@ -25,8 +25,8 @@ EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
 
-__all__ = ["EXIT_STOPPED", "EXIT_USER_ERROR", "Parser", "UserError", "build_parser", "main", "non_negative_int",
-           "positive_float", "positive_int", "user_message"]
+__all__ = ["EXIT_STOPPED", "EXIT_USER_ERROR", "Parser", "UserError", "build_parser", "main", "non_negative_float",
+           "non_negative_int", "positive_float", "positive_int", "user_message"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,7 +52,8 @@ def _number(kind, test, wanted: str):
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 def user_message(error: BaseException) -> str | None:
     """One line for an error the user can act on, None for a bug.
 
-    A `UserError` says what is wrong in its message. An `OSError` anywhere in the chain of causes is the file
-    system refusing (no space, read-only, a file where a folder should be): its file and reason. Libraries
-    such as Orbax re-raise a writer thread's error as their own, so the whole chain is searched.
+    A `UserError` says what is wrong in its message. An `OSError`, raised or given as the explicit cause
+    (`raise ... from`) of what was raised, is the file system refusing (no space, read-only, a file where a
+    folder should be): its file and reason. An error raised while handling another is not followed back to it:
+    that would report a bug as the error it met.
     """
     if isinstance(error, UserError):
         return " ".join(str(error).split("\n"))
@@ -125,5 +127,5 @@ def user_message(error: BaseException) -> str | None:
                 return " ".join(str(error).split("\n"))
             names = [str(n) for n in (error.filename, error.filename2) if n]
             return f"{' -> '.join(names) or 'writing a file'}: {error.strerror}"
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return None

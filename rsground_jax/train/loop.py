@@ -250,10 +250,9 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
                 if bar is not None:
                     bar.update(1)
                 stop = preempt.requested  # read once: a signal between two reads would stop without saving
-                force = stop or step == cfg.total_steps
-                if force or mngr.should_save(step):
+                if stop or step == cfg.total_steps or mngr.should_save(step):
                     _check_space(mngr, state, step)
-                mngr.save(step, args=_ckpt_args(state, pipeline, iterator), force=force)
+                    mngr.save(step, args=_ckpt_args(state, pipeline, iterator), force=True)
                 if stop:
                     preempted = True
                     break

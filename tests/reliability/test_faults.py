@@ -113,10 +113,12 @@ def test_kill_9_during_convert_leaves_no_folder_and_the_next_convert_is_complete
     CASES["faults"] += 1
 
 
-def test_a_demo_workdir_refuses_other_arguments(case):
+def test_a_demo_workdir_is_one_run_at_a_time_and_refuses_other_arguments(case):
     w = case / "w"
     p = start("demo", "--workdir", w, "--num-images", "3000", cwd=case, log=case / "log")
     wait_for(lambda: (case / "w" / ".data.partial").is_dir(), 60, "the demo's synthesis", p)
+    assert_refused(rsground("demo", "--workdir", w, "--num-images", "3000", cwd=case), str(w), "in use by another run",
+                   f"pid {p.pid}: rsground demo")
     kill9(p)
     before = snapshot(w)
     for flag, value in (("--num-images", "500"), ("--steps", "5"), ("--lr", "0.01")):
