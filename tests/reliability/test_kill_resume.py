@@ -36,7 +36,10 @@ def reference(tmp_path_factory):
     r = rsground(*SFT, f"workdir={d / 'w'}", cwd=d)
     assert r.returncode == 0, r.stderr[-3000:]
     losses = metrics_losses(d / "w" / "s" / "metrics.jsonl")
-    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert sorted(losses) == list(range(1, STEPS + 1)) and losses[STEPS] < losses[1]
+    assert any(f.name.startswith("events.out.tfevents") for f in (d / "w" / "s" / "tb").iterdir())
+    kept = sorted(int(c.name) for c in (d / "w" / "s" / "checkpoints").iterdir() if c.name.isdigit())
+    assert kept == [15, 16]  # every 3 steps, the last 2 kept; the final step is always saved
     return losses, d / "w" / "data_s"
 
 

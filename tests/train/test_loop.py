@@ -1,11 +1,10 @@
-"""The SFT loop: exact resume, SIGTERM checkpoint, stop after too many non-finite steps, metrics files."""
+"""The SFT loop in-process: stop after too many non-finite steps, a checkpoint of another shape, the metrics file
+on resume. Exact resume, SIGTERM and Ctrl-C run through the installed command in tests/reliability/."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 
 import numpy as np
 import pytest
@@ -42,37 +41,6 @@ def _run(setup, workdir, total, resume=False, on_log=None, pipeline=None, max_sk
     loop = LoopConfig(total_steps=total, log_every=1, checkpoint_every=2, keep_checkpoints=2, progress=False,
                       max_skips_in_row=max_skips)
     return run_sft(model, pl, tx, loop, str(workdir), resume=resume, on_log=on_log)
-
-
-def test_stopped_and_resumed_run_has_the_same_losses(setup, tmp_path):
-    full = _run(setup, tmp_path / "full", 7)
-    first = _run(setup, tmp_path / "split", 4)
-    assert first.resumed_from is None and len(first.history) == 4
-    second = _run(setup, tmp_path / "split", 7, resume=True)
-    assert second.resumed_from == 4
-    full_losses = [r["loss"] for r in full.history]
-    split_losses = [r["loss"] for r in first.history] + [r["loss"] for r in second.history]
-    assert [r["step"] for r in second.history] == [5, 6, 7]
-    np.testing.assert_array_equal(split_losses, full_losses)
-    assert full_losses[-1] < full_losses[0]
-    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == list(range(1, 8)) and all(np.isfinite(r["loss"]) for r in rows)
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "full" / "tb"))
-    kept = sorted(int(d) for d in os.listdir(tmp_path / "full" / "checkpoints") if d.isdigit())
-    assert kept == [6, 7]  # keep the last 2; the final step is always saved
-
-
-def test_sigterm_saves_a_checkpoint_and_stops(setup, tmp_path):
-    def preempt(row):
-        if row["step"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    result = _run(setup, tmp_path, 10, on_log=preempt)
-    assert result.preempted and int(result.state.step) == 3
-    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-    assert steps[-1] == 3  # saved out of schedule (checkpoint_every=2)
-    resumed = _run(setup, tmp_path, 5, resume=True)
-    assert resumed.resumed_from == 3 and [r["step"] for r in resumed.history] == [4, 5]
 
 
 class _NaNPipeline:
