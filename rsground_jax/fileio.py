@@ -78,23 +78,20 @@ def check_writable_dir(path, what: str) -> None:
         raise UserError(f"{what} {path}: {'the folder' if probe == p else f'its parent {probe}'} is not writable")
 
 
-def _partials(path: Path):
-    return path.parent.glob(f".{path.name}.partial-*")
-
-
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, as another user's
+        pass
     return True
 
 
 def remove_stale_partials(path) -> None:
     """Remove the partial folders of `path` whose writing process is gone (killed mid-write)."""
-    for p in _partials(Path(path).absolute()):
+    path = Path(path).absolute()
+    for p in path.parent.glob(f".{path.name}.partial-*"):
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)

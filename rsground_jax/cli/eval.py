@@ -70,10 +70,10 @@ def eval_sampler(model, n: int):
     return Sampler(model, jax.sharding.Mesh(jax.local_devices()[:n], ("data",)))
 
 
-def model_dir(args) -> str:
-    """The model folder that --model names ('base': the packaged base model), checked to hold what evaluation
-    needs (weights, and a tokenizer and prompt file unless --tokenizer / --prompt-spec give them), and the prompt
-    file read, all before any long work."""
+def model_dir(args) -> tuple[str, dict]:
+    """(folder, prompt spec) of --model ('base': the packaged base model): the folder checked to hold what
+    evaluation needs (weights, and a tokenizer and prompt file unless --tokenizer / --prompt-spec give them), and
+    the prompt file read, all before any long work."""
     from ..models.model_dir import missing_parts, read_prompt_spec, resolve
 
     path = resolve(args.model)
@@ -85,18 +85,18 @@ def model_dir(args) -> str:
                         "--prompt-spec can stand in for a missing tokenizer and prompt file)")
     if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
         raise UserError(f"--tokenizer {args.tokenizer}: no such folder")
-    read_prompt_spec(args.prompt_spec or path)
-    return path
+    return path, read_prompt_spec(args.prompt_spec or path)
 
 
-def load_model_and_prompt(args):
-    """(model, tokenizer, template, processor, answer_style) of the --model folder, --tokenizer, --prompt-spec."""
+def load_model_and_prompt(args, checked: tuple[str, dict]):
+    """(model, tokenizer, template, processor, answer_style) of the folder and prompt spec `model_dir` checked,
+    with --tokenizer."""
     from ..data.chat import prompt_from_spec
     from ..data.tokenizer import load_tokenizer
-    from ..models.model_dir import load_model, read_prompt_spec
+    from ..models.model_dir import load_model
 
-    path = model_dir(args)
-    template, proc, style = prompt_from_spec(read_prompt_spec(args.prompt_spec or path))
+    path, spec = checked
+    template, proc, style = prompt_from_spec(spec)
     tok = load_tokenizer(args.tokenizer or path)
     return load_model(path), tok, template, proc, style
 
@@ -109,7 +109,7 @@ def run(args) -> int:
         raise UserError(f"{args.data}: dataset folder does not exist")
     if args.format not in ("auto", *FORMATS):
         raise UserError(f"--format {args.format!r}: expected auto or one of {', '.join(FORMATS)}")
-    model_dir(args)  # checked before the split is read
+    checked = model_dir(args)  # before the split is read
     check_writable_dir(args.out, "--out")
     n_devices = eval_devices(args.devices, args.batch_size)  # starts JAX
     records = load_split(args.data, args.split, format=args.format)[: args.limit]
@@ -119,7 +119,7 @@ def run(args) -> int:
     from ..eval.draw import grid
     from ..eval.evaluate import evaluate
     from ..eval.metrics import grounding_metrics
-    model, tok, template, proc, style = load_model_and_prompt(args)
+    model, tok, template, proc, style = load_model_and_prompt(args, checked)
     max_new = args.max_new_tokens or (24 if style == "box" else 320)
     sampler = eval_sampler(model, n_devices)
     result = evaluate(model, records, tok, proc, template=template, batch_size=args.batch_size, max_new_tokens=max_new,

@@ -118,14 +118,18 @@ def user_message(error: BaseException) -> str | None:
     that would report a bug as the error it met.
     """
     if isinstance(error, UserError):
-        return " ".join(str(error).split("\n"))
+        return _one_line(error)
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError):
             if not error.strerror:  # raised with a message of ours
-                return " ".join(str(error).split("\n"))
+                return _one_line(error)
             names = [str(n) for n in (error.filename, error.filename2) if n]
             return f"{' -> '.join(names) or 'writing a file'}: {error.strerror}"
         error = error.__cause__
     return None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split("\n"))

@@ -42,12 +42,12 @@ def run(args) -> int:
     if os.path.splitext(out)[1].lower() not in Image.registered_extensions():
         raise UserError(f"--out {out}: not an image file name (use .png or .jpg)")
     check_writable_dir(os.path.dirname(os.path.abspath(out)), "--out" if args.out else "the picture's folder (--out)")
-    model_dir(args)
+    checked = model_dir(args)
 
     from ..eval.draw import draw_boxes
     from ..eval.evaluate import evaluate
 
-    model, tok, template, proc, style = load_model_and_prompt(args)
+    model, tok, template, proc, style = load_model_and_prompt(args, checked)
     # the ground-truth box is unknown: a whole-image placeholder, not used for the answer
     record = GroundingRecord(image_path=args.image, width=width, height=height, box=(0.0, 0.0, float(width), float(height)),
                              expression=args.query.strip(), category=None)

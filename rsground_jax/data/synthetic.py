@@ -52,7 +52,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rsground_jax.fileio import DestinationNotEmptyError, atomic_write_json, check_destination
+from rsground_jax.fileio import DestinationNotEmptyError, atomic_write_json, check_destination, publish
 from rsground_jax.stopping import Stopped
 from rsground_jax.workdir import WorkdirLock
 
@@ -914,10 +914,7 @@ def generate_dataset(
         if old_set:
             _replace_set(out, partial)
         else:
-            check_destination(out, "dataset")
-            if out.is_dir():
-                out.rmdir()
-            partial.rename(out)
+            publish(partial, out, "dataset")
     return summary
 
 
@@ -942,7 +939,8 @@ def _old_parts(out: Path) -> set[str]:
 def _check_replaceable(out: Path, split_files: list[str]) -> None:
     """Refuse to replace a set when a file of the new one would take the name of a file that is not the old
     set's (the user's own)."""
-    clash = [n for n in split_files if (out / n).exists() and n not in _old_parts(out)]
+    old = _old_parts(out)
+    clash = [n for n in split_files if (out / n).exists() and n not in old]
     if clash:
         raise DestinationNotEmptyError(f"{out / clash[0]}: not a file of the synthetic set there, and the new set "
                                        "would write it; move it or choose another folder")

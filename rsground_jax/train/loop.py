@@ -45,6 +45,10 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
 
+class LoopConfigError(UserError, ValueError):
+    """A loop setting out of range (steps, intervals)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     total_steps: int
@@ -61,10 +65,6 @@ class LoopConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LoopConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-class LoopConfigError(UserError, ValueError):
-    """A loop setting out of range (steps, intervals)."""
 
 
 @dataclasses.dataclass
