@@ -126,9 +126,8 @@ def measure_sft_step_ms(pipeline, batches: int) -> tuple[float | None, str]:
 
         from rsground_jax.models import Qwen25VL
         from rsground_jax.models.qwen2_5_vl import tiny
-        from rsground_jax.train import (
-            OptimConfig, TrainState, add_vision_inputs, make_optimizer, make_sft_step, stack_micro_batches, static_vision_sizes,
-        )
+        from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
+        from rsground_jax.train import OptimConfig, TrainState, make_optimizer, make_sft_step, stack_micro_batches
     except ImportError as e:
         return None, f"skipped: the train step cannot be imported yet ({e}); pass --step-ms-per-sample MS"
     sp = pipeline.plan.specials

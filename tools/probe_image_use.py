@@ -28,7 +28,7 @@ def probe(model_dir: str, data_root: str, split: str, batches: int, batch_size: 
     from rsground_jax.data.chat import prompt_from_spec
     from rsground_jax.models.model_dir import read_prompt_spec
     from rsground_jax.train.losses import sft_cross_entropy
-    from rsground_jax.train.step import add_vision_inputs, static_vision_sizes
+    from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
 
     model = load_pretrained(model_dir)
     template, proc, style = prompt_from_spec(read_prompt_spec(model_dir))

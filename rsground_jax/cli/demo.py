@@ -72,7 +72,7 @@ def shares_category(record) -> bool:
     return any(o.category == record.category for o in record.others)
 
 
-# The cues that say where the target is (`synthetic.parse_expression` kinds); size cues do not.
+# The cues that say where the target is (`expressions.parse_expression` kinds); size cues do not.
 POSITIONAL_CUES = ("absolute", "ordinal", "relative")
 CUE_COLUMNS = (*POSITIONAL_CUES, "size", "positional")
 
@@ -81,7 +81,7 @@ def metrics_by_cue(records, predictions) -> dict[str, dict]:
     """`grounding_metrics` for each kind of cue among `records` (the synthetic grammar's "absolute",
     "ordinal", "relative", "size", "unique"; "free" for text outside it), plus "positional": the absolute,
     ordinal and relative cues together. `predictions` are `evaluate`'s rows, in the order of `records`."""
-    from ..data.synthetic import parse_expression
+    from ..data.expressions import parse_expression
     from ..eval.metrics import grounding_metrics
 
     if len(records) != len(predictions):

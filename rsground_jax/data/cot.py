@@ -14,7 +14,7 @@ within half a resized pixel of the annotation.
 
 What the reasoning says:
   * the resized image size;
-  * the cue: for expressions in the synthetic grammar (`synthetic.parse_expression`) the cue itself (the
+  * the cue: for expressions in the synthetic grammar (`expressions.parse_expression`) the cue itself (the
     region's pixel span, the anchor's box, the ordering axis, the size comparison); for free-form (real)
     expressions, a region named in the expression when the target's centre really lies in it, otherwise
     the 3x3 cell the target's centre lies in, with its pixel span. The trace never states a region the
@@ -50,7 +50,7 @@ from typing import Sequence
 import numpy as np
 
 from rsground_jax.data import boxes as box_frames
-from rsground_jax.data import synthetic
+from rsground_jax.data import expressions
 from rsground_jax.data.records import AnnotatedObject, GroundingRecord
 from rsground_jax.models.processor import ImageProcessor
 
@@ -152,7 +152,7 @@ def make_cot(record: GroundingRecord, processor: ImageProcessor, seed, *, brief:
 
     answer = rbox(record.box)
     noun = display_name(record.category)
-    cue = synthetic.parse_expression(record.expression)
+    cue = expressions.parse_expression(record.expression)
     if cue is not None and cue.category != record.category:
         cue = None  # the text is in the grammar but about another category: treat it as free-form
     objects = record.all_objects()
@@ -192,7 +192,7 @@ def _span(bounds) -> str:
 
 
 def _region_sentence(region: str, rw: int, rh: int, pick, target_noun: str) -> str:
-    span = _span(synthetic.region_bounds(region, rw, rh))
+    span = _span(expressions.region_bounds(region, rw, rh))
     return pick(
         f"The {region} region of the image spans {span}.",
         f"The {target_noun} should lie in the {region} part: {span}.",
@@ -211,7 +211,7 @@ def _free_region(record, answer, rw, rh) -> str:
     3x3 cell the centre lies in (the trace never states a region the target is not in)."""
     centre = _centre(answer)
     named = keyword_region(record.expression)
-    return named if named is not None and synthetic.in_region(centre, named, rw, rh) else _CELL_NAMES[synthetic.grid_cell(centre, rw, rh)]
+    return named if named is not None and expressions.in_region(centre, named, rw, rh) else _CELL_NAMES[expressions.grid_cell(centre, rw, rh)]
 
 
 def _edge(relation: str, anchor_box) -> str:
@@ -263,7 +263,7 @@ def _cue_steps(cue, record, objects, candidates, noun, rw, rh, rbox, fmt, pick, 
         return steps
     if cue.kind == "ordinal":
         axis = "x" if cue.direction in ("left", "right") else "y"
-        ordered = sorted(candidates, key=lambda o: synthetic.axis_key(cue.direction, o.box))
+        ordered = sorted(candidates, key=lambda o: expressions.axis_key(cue.direction, o.box))
         centres = ", ".join(f"{axis}={int(round(_centre(rbox(o.box))[0 if axis == 'x' else 1]))}" for o in ordered[:MAX_CANDIDATES])
         ordinal = ("first", "second", "third", "fourth", "fifth")[cue.rank - 1]
         return [

@@ -19,7 +19,7 @@ from ..data.cot import parse_answer_box
 from ..data.pipeline import PipelineConfig, rl_pipeline
 from ..data.tokenizer import special_token_ids
 from ..generate import Sampler, SamplingConfig
-from ..train.step import add_vision_inputs, static_vision_sizes
+from ..models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
 from .metrics import box_iou, clip_boxes, grounding_metrics
 
 _BARE_BOX = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]")

@@ -36,17 +36,35 @@ def clip_boxes(boxes: np.ndarray, image_hw: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def box_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Elementwise IoU of [n, 4] boxes; returns (iou, intersection, union). NaN predictions give 0 / gt area."""
-    valid = np.isfinite(pred).all(-1)
-    p = np.where(valid[:, None], pred, 0.0)
-    iw = np.maximum(0.0, np.minimum(p[:, 2], gt[:, 2]) - np.maximum(p[:, 0], gt[:, 0]))
-    ih = np.maximum(0.0, np.minimum(p[:, 3], gt[:, 3]) - np.maximum(p[:, 1], gt[:, 1]))
-    inter = np.where(valid, iw * ih, 0.0)
-    area = lambda b: np.maximum(0.0, b[:, 2] - b[:, 0]) * np.maximum(0.0, b[:, 3] - b[:, 1])  # noqa: E731
-    union = np.where(valid, area(p) + area(gt) - inter, area(gt))
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+def box_iou(pred, gt, xp=np):
+    """Elementwise IoU of [..., 4] boxes; returns (iou, intersection, union). NaN predictions give 0 / gt area.
+
+    `xp` is the array module: numpy for the metrics, `jax.numpy` for the rewards computed on device (the
+    same formula, so the rollout IoU a GRPO run reports is the IoU evaluation reports).
+    """
+    valid = xp.all(xp.isfinite(pred), axis=-1)
+    p = xp.where(valid[..., None], pred, 0.0)
+    iw = xp.maximum(0.0, xp.minimum(p[..., 2], gt[..., 2]) - xp.maximum(p[..., 0], gt[..., 0]))
+    ih = xp.maximum(0.0, xp.minimum(p[..., 3], gt[..., 3]) - xp.maximum(p[..., 1], gt[..., 1]))
+    inter = xp.where(valid, iw * ih, 0.0)
+    union = xp.where(valid, box_area(p, xp) + box_area(gt, xp) - inter, box_area(gt, xp))
+    iou = xp.where(union > 0, inter / xp.where(union > 0, union, 1.0), 0.0)
     return iou, inter, union
+
+
+def box_area(boxes, xp=np):
+    """Area of [..., 4] boxes (0 for a box with x2 < x1 or y2 < y1)."""
+    return xp.maximum(0.0, boxes[..., 2] - boxes[..., 0]) * xp.maximum(0.0, boxes[..., 3] - boxes[..., 1])
+
+
+def box_giou(pred, gt, xp=np):
+    """Generalized IoU of finite [..., 4] boxes: IoU - |C minus (A u B)| / |C|, C the smallest box enclosing
+    both; in [-1, 1] (-1 when C has no area)."""
+    iou, _, union = box_iou(pred, gt, xp)
+    cw = xp.maximum(pred[..., 2], gt[..., 2]) - xp.minimum(pred[..., 0], gt[..., 0])
+    ch = xp.maximum(pred[..., 3], gt[..., 3]) - xp.minimum(pred[..., 1], gt[..., 1])
+    c = xp.maximum(cw, 0.0) * xp.maximum(ch, 0.0)
+    return xp.where(c > 0, iou - (c - union) / xp.where(c > 0, c, 1.0), -1.0)
 
 
 def grounding_metrics(pred_boxes: Sequence | np.ndarray, gt_boxes: Sequence | np.ndarray,

@@ -11,7 +11,8 @@ _EXPORTS = {
     "ImageProcessor": "processor", "smart_resize": "processor",
     **{name: "qwen2_5_vl" for name in (
         "CheckpointError", "ConfigError", "ImageTokenMismatchError", "KVCache", "Qwen25VL", "Qwen25VLConfig",
-        "count_params", "load_pretrained", "prepare_inputs", "preset", "save_pretrained")},
+        "count_params", "load_pretrained", "prepare_inputs", "preset", "save_pretrained", "add_vision_inputs",
+        "static_vision_sizes")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""The SFT training loop: batches in, jitted steps, metrics out, Orbax checkpoints, exact resume, preemption.
+"""The training loop of every trainer (`run_loop`; `run_sft` and `rl.run_grpo` use it): batches in, jitted
+steps, metrics out, Orbax checkpoints, exact resume, preemption.
 
 A checkpoint (Orbax `CheckpointManager`, one directory per step under `<workdir>/checkpoints`) holds the
 whole `TrainState` (parameters, optimizer state, step and skip counters) and the data iterator's position.
@@ -32,7 +33,8 @@ from ..errors import UserError
 from ..fileio import atomic_write_text
 from ..stopping import stop_requests
 from ..workdir import WorkdirInUseError
-from .step import TrainState, add_vision_inputs, make_sft_step, stack_micro_batches, static_vision_sizes
+from ..models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
+from .step import TrainState, make_sft_step, stack_micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +134,69 @@ def checkpoint_manager(workdir: str, cfg: LoopConfig) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
 
 
+class PipelineData:
+    """A Grain pipeline as a loop's data: an iterator whose exact position is saved with each checkpoint."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.iterator = iter(pipeline)
+
+    def __next__(self) -> dict:
+        return next(self.iterator)
+
+    def state_dict(self) -> dict:
+        return self.pipeline.state_dict(self.iterator)
+
+    def load_state_dict(self, payload: dict, source: str) -> None:
+        self.pipeline.load_state_dict(self.iterator, payload, source=source)
+
+
+def run_loop(state: TrainState, step_fn: Callable, next_inputs: Callable[[], tuple[Any, int]], data,
+             cfg: LoopConfig, workdir: str, *, resume: bool = False, name: str = "train",
+             schedule: Callable[[int], float] | None = None, on_log: Callable[[dict], None] | None = None,
+             on_exit: Callable[[TrainState], None] | None = None, run_info: dict | None = None) -> LoopResult:
+    """The training loop every trainer uses (SFT, GRPO): `step_fn(state, inputs) -> (state, metrics)` for
+    `cfg.total_steps` steps, with checkpoints, exact resume, preemption, the non-finite skip policy and metrics.
+
+    next_inputs: () -> (the next step's inputs, the number of real samples in them), drawn from `data`.
+    data: `state_dict()` / `load_state_dict(payload, source)` of the data's position (`PipelineData`).
+    on_exit: called with the final state when the loop ends, also on an error (e.g. to update an NNX model).
+    run_info: JSON facts saved with every checkpoint (e.g. where the reference policy was read from).
+    """
+    mngr = checkpoint_manager(workdir, cfg)
+    try:
+        state, resumed_from = _restore(mngr, state, data, resume, workdir, run_info is not None)
+    except BaseException:
+        mngr.close()
+        raise
+    return _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule, on_log, on_exit,
+                  run_info, resumed_from)
+
+
 def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, workdir: str, *,
             resume: bool = False, schedule: Callable[[int], float] | None = None,
             on_log: Callable[[dict], None] | None = None, freeze_vision: bool = False) -> LoopResult:
     """Train `model` (NNX, updated in place at the end, also when the run stops on an error) on `pipeline`
-    batches for `cfg.total_steps` steps."""
+    batches for `cfg.total_steps` steps: `run_loop` with the SFT loss, `cfg.accum_steps` micro-batches a step."""
     graphdef, params = nnx.split(model, nnx.Param)
-    state = TrainState.create(params, tx)
-    step_fn = make_sft_step(graphdef, tx, freeze_vision=freeze_vision)
-    mngr = checkpoint_manager(workdir, cfg)
-    try:
-        state, iterator, resumed_from = _restore(mngr, state, pipeline, resume, workdir)
-    except BaseException:
-        mngr.close()
-        raise
-    return _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedule, on_log, resumed_from)
+    data = PipelineData(pipeline)
+    vcfg, grids, B = model.config.vision, pipeline.plan.grid_thw, pipeline.config.batch_size
+
+    def next_inputs():
+        micro, samples = [], 0
+        for _ in range(cfg.accum_steps):
+            batch = next(data)
+            nw, fs = static_vision_sizes(grids, vcfg, B, batch["pixel_values"].shape[0])
+            micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
+            samples += int(batch["sample_valid"].sum())
+        return stack_micro_batches(micro), samples
+
+    return run_loop(TrainState.create(params, tx), make_sft_step(graphdef, tx, freeze_vision=freeze_vision),
+                    next_inputs, data, cfg, workdir, resume=resume, name="sft", schedule=schedule, on_log=on_log,
+                    on_exit=lambda state: nnx.update(model, state.params))
 
 
-def _restore(mngr, state, pipeline, resume, workdir):
-    iterator = iter(pipeline)
+def _restore(mngr, state, data, resume, workdir, with_run_info: bool):
     resumed_from = None
     if resume and mngr.latest_step() is not None:
         resumed_from = mngr.latest_step()
@@ -164,13 +210,15 @@ def _restore(mngr, state, pipeline, resume, workdir):
         mismatch = _shape_mismatch(mngr, resumed_from, abstract)
         if mismatch:
             raise misfit(mismatch)
+        items = dict(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
+        if with_run_info:
+            items["run"] = ocp.args.JsonRestore()
         try:
-            restored = mngr.restore(resumed_from, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            restored = mngr.restore(resumed_from, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as e:
             raise misfit(str(e).splitlines()[0][:300]) from None
         state = restored["state"]
-        pipeline.load_state_dict(iterator, restored["data"], source=f"checkpoint {resumed_from}")
+        data.load_state_dict(restored["data"], source=f"checkpoint {resumed_from}")
         log.info("resumed from step %d", resumed_from)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", workdir)
@@ -178,7 +226,7 @@ def _restore(mngr, state, pipeline, resume, workdir):
         raise WorkdirInUseError(
             f"{workdir}: holds checkpoints up to step {mngr.latest_step()} of an earlier run; resume it "
             f"(--resume) or choose another workdir")
-    return state, iterator, resumed_from
+    return state, resumed_from
 
 
 def _shape_mismatch(mngr, step: int, abstract) -> str | None:
@@ -205,10 +253,8 @@ def _shape_mismatch(mngr, step: int, abstract) -> str | None:
     return f"the checkpoint has {name(extra[0])}, which this model and optimizer lack" if extra else None
 
 
-def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedule, on_log, resumed_from):
-    vcfg = model.config.vision
-    grids = pipeline.plan.grid_thw
-    B = pipeline.config.batch_size
+def _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule, on_log, on_exit, run_info,
+           resumed_from):
     history: list[dict] = []
     step = int(state.step)  # counted on the host from here on: no device sync per step
     writer = bar = None
@@ -220,16 +266,12 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
         if cfg.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.total_steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=cfg.total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
         with stop_requests() as preempt:
             for _ in range(step, cfg.total_steps):
-                micro = []
-                for _ in range(cfg.accum_steps):
-                    batch = next(iterator)
-                    nw, fs = static_vision_sizes(grids, vcfg, B, batch["pixel_values"].shape[0])
-                    micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
-                    samples_since += int(batch["sample_valid"].sum())
-                state, metrics = step_fn(state, stack_micro_batches(micro))
+                inputs, samples = next_inputs()
+                samples_since += samples
+                state, metrics = step_fn(state, inputs)
                 step += 1
                 _check_skips(previous, cfg)
                 previous = metrics
@@ -252,7 +294,7 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
                 stop = preempt.requested  # read once: a signal between two reads would stop without saving
                 if stop or step == cfg.total_steps or mngr.should_save(step):
                     _check_space(mngr, state, step)
-                    mngr.save(step, args=_ckpt_args(state, pipeline, iterator), force=True)
+                    mngr.save(step, args=_ckpt_args(state, data, run_info), force=True)
                 if stop:
                     preempted = True
                     break
@@ -267,8 +309,8 @@ def _train(model, state, step_fn, mngr, pipeline, iterator, cfg, workdir, schedu
                 log.warning("metrics of %s not flushed: %s", workdir, e)
         if bar is not None:
             bar.close()
-        if not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state.params)):
-            nnx.update(model, state.params)
+        if on_exit is not None and not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state.params)):
+            on_exit(state)
     return LoopResult(state=state, history=history, preempted=preempted, resumed_from=resumed_from)
 
 
@@ -297,5 +339,8 @@ def _check_skips(metrics, cfg: LoopConfig) -> None:
             f"last checkpoint.")
 
 
-def _ckpt_args(state: TrainState, pipeline, iterator) -> Any:
-    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(pipeline.state_dict(iterator)))
+def _ckpt_args(state: TrainState, data, run_info: dict | None) -> Any:
+    items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data.state_dict()))
+    if run_info is not None:
+        items["run"] = ocp.args.JsonSave(run_info)
+    return ocp.args.Composite(**items)

@@ -1,10 +1,12 @@
-"""Losses, by name (`LOSSES`): pure functions of float32 logits and a batch, returning (sum, count) so that
-callers can average over tokens across micro-batches and devices exactly.
+"""Losses, by name (`LOSSES`): the `loss_fn`s of `step.make_train_step`, `loss_fn(model, micro_batch) ->
+(loss_sum, count, aux)`, which return sums so that callers can average over tokens across micro-batches and
+devices exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,17 @@ def sft_cross_entropy(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Ar
     return jnp.sum((logz - picked) * weights), jnp.sum(weights)
 
 
-LOSSES: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
-    "sft_ce": sft_cross_entropy,
+LossFn = Callable[[Any, dict], tuple[jax.Array, jax.Array, dict[str, tuple[jax.Array, jax.Array]]]]
+
+
+def sft_loss(model, mb: dict):
+    """CoT-SFT: the token-mean cross-entropy of the assistant tokens of a pipeline micro-batch (with `vision`)."""
+    logits, _ = model.forward(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["pixel_values"],
+                              mb["vision"])
+    loss_sum, tokens = sft_cross_entropy(logits, mb["input_ids"], mb["loss_mask"])
+    return loss_sum, tokens, {}
+
+
+LOSSES: dict[str, LossFn] = {
+    "sft_ce": sft_loss,
 }

@@ -1,4 +1,4 @@
-"""Train state and the jitted CoT-SFT step.
+"""Train state and the one training step builder, shared by every loss (SFT, GRPO).
 
 One `jax.jit` program per step: micro-batches are scanned for gradient accumulation, the update is applied
 only when the loss and the gradient norm are finite (otherwise parameters and optimizer state are kept
@@ -16,9 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..models.qwen2_5_vl.config import VisionConfig
-from ..models.qwen2_5_vl.vision import vision_inputs
-from .losses import LOSSES
+from .losses import LOSSES, LossFn
 
 # Batch keys the step consumes (the pipeline's batch has more, for evaluation and logging).
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "loss_mask")
@@ -32,67 +30,49 @@ class TrainState:
     step: jax.Array  # batches processed (applied + skipped)
     skipped_in_row: jax.Array
     skipped_total: jax.Array
+    # GRPO: the rollouts' base key as raw uint32 key data (step s samples with fold_in(key, s)); None for SFT
+    rng: Any = None
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+    def create(cls, params, tx: optax.GradientTransformation, rng: jax.Array | None = None) -> "TrainState":
         # distinct buffers: the step donates the state, and a buffer cannot be donated twice
         zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
-        return cls(params=params, opt_state=tx.init(params), step=zero(), skipped_in_row=zero(), skipped_total=zero())
+        return cls(params=params, opt_state=tx.init(params), step=zero(), skipped_in_row=zero(), skipped_total=zero(),
+                   rng=rng)
 
 
-def add_vision_inputs(batch: dict, vcfg: VisionConfig, *, num_windows: int, frame_slots: int) -> dict:
-    """Host side: add the vision tower's index arrays for a pipeline batch (one image per sample).
+def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False):
+    """The un-jitted update `update(state, batch) -> (state, metrics)`, for programs that run it inside a larger
+    jitted step (the GRPO step runs rollouts first); `make_train_step` jits it on its own.
 
-    `num_windows` and `frame_slots` are static sizes chosen for the whole run (see `static_vision_sizes`).
-    """
-    grid = np.asarray(batch["image_grid_thw"])
-    num_patches = batch["pixel_values"].shape[0]
-    vi = vision_inputs(grid, vcfg, num_patches=num_patches, num_windows=num_windows,
-                       num_frames=len(grid) + max(1, -(-num_patches // frame_slots)), frame_slots=frame_slots)
-    return {**batch, "vision": vi.arrays()}
-
-
-def static_vision_sizes(grids: np.ndarray, vcfg: VisionConfig, batch_size: int, num_patches: int) -> tuple[int, int]:
-    """(num_windows, frame_slots) that hold any batch of `batch_size` images with grids among `grids`,
-    plus the padding patches of a `num_patches` bucket."""
-    m = vcfg.spatial_merge_size
-    vw = vcfg.window_size // vcfg.patch_size // m
-    grids = np.asarray(grids).reshape(-1, 3)
-    windows = (-(-grids[:, 1] // m // vw)) * (-(-grids[:, 2] // m // vw)) * grids[:, 0]
-    slots = vw * vw * vcfg.merge_unit
-    frame_slots = int((grids[:, 1] * grids[:, 2]).max())
-    return int(windows.max()) * batch_size + -(-num_patches // slots) + 1, frame_slots
-
-
-def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sft_ce", freeze_vision: bool = False):
-    """Build the jitted SFT step `step(state, batch) -> (state, metrics)`.
-
-    `batch` leaves have a leading micro-batch axis [accum, ...] (accum may be 1); the loss is the token-mean
-    over all micro-batches. Metrics are device scalars (fetch them only when logging).
+    `loss_fn(model, micro_batch) -> (loss_sum, count, aux)`: the step's loss is the sum of `loss_sum` over all
+    micro-batches divided by the sum of `count` (tokens for a token mean, sequences for a sequence mean), so
+    gradient accumulation gives exactly the full batch's gradient. `aux` maps metric names to (numerator,
+    denominator) pairs, both summed over micro-batches and reported as their ratio.
+    `batch` leaves have a leading micro-batch axis [accum, ...] (accum may be 1).
     `freeze_vision` stops gradients at the vision tower, so its backward pass is not computed at all (pair it
     with `OptimConfig(freeze_vision=True)`, which keeps its parameters fixed).
     """
-    loss_fn = LOSSES[loss]
 
     def micro_loss(params, mb):
         if freeze_vision:
             params = {**params, "vision": jax.lax.stop_gradient(params["vision"])}
-        model = nnx.merge(graphdef, params)
-        logits, _ = model.forward(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["pixel_values"],
-                                  mb["vision"])
-        s, n = loss_fn(logits, mb["input_ids"], mb["loss_mask"])
-        return s, n
+        loss_sum, count, aux = loss_fn(nnx.merge(graphdef, params), mb)
+        return loss_sum, (count, aux)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def step(state: TrainState, batch: dict):
+    def update(state: TrainState, batch: dict):
         def accumulate(carry, mb):
-            g_acc, s_acc, n_acc = carry
-            (s, n), g = grad_fn(state.params, mb)
-            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, n_acc + n), None
+            g_acc, s_acc, n_acc, aux_acc = carry
+            (s, (n, aux)), g = grad_fn(state.params, mb)
+            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, n_acc + n, jax.tree.map(jnp.add, aux_acc, aux)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (g_sum, s_sum, n_sum), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros(()), jnp.zeros(())), batch)
+        first = jax.tree.map(lambda x: x[0], batch)
+        aux_shape = jax.eval_shape(lambda: loss_fn(nnx.merge(graphdef, state.params), first)[2])
+        zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()),
+                 jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), aux_shape))
+        (g_sum, s_sum, n_sum, aux_sum), _ = jax.lax.scan(accumulate, zeros, batch)
         n_sum = jnp.maximum(n_sum, 1.0)
         grads = jax.tree.map(lambda g: g / n_sum, g_sum)
         loss_value = s_sum / n_sum
@@ -102,15 +82,36 @@ def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sf
         (params, opt_state), ok = keep_if_finite(loss_value, grad_norm, (new_params, new_opt),
                                                  (state.params, state.opt_state))
         skipped = (~ok).astype(jnp.int32)
-        new_state = TrainState(
-            params=params, opt_state=opt_state,
+        new_state = dataclasses.replace(
+            state, params=params, opt_state=opt_state,
             step=state.step + 1, skipped_in_row=jnp.where(ok, 0, state.skipped_in_row + 1),
             skipped_total=state.skipped_total + skipped)
-        metrics = {"loss": loss_value, "grad_norm": grad_norm, "tokens": n_sum, "skipped": skipped,
+        metrics = {"loss": loss_value, "grad_norm": grad_norm, "count": n_sum, "skipped": skipped,
                    "skipped_in_row": new_state.skipped_in_row}
+        metrics.update({k: num / jnp.maximum(den, 1e-12) for k, (num, den) in aux_sum.items()})
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return update
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False):
+    """The jitted training step `step(state, batch) -> (state, metrics)` for any `loss_fn` (see `make_update`):
+    one program per step, micro-batches scanned, the state's buffers donated. Metrics are device scalars
+    (fetch them only when logging)."""
+    return jax.jit(make_update(graphdef, tx, loss_fn, freeze_vision=freeze_vision), donate_argnums=0)
+
+
+def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sft_ce", freeze_vision: bool = False):
+    """`make_train_step` with a loss of the `LOSSES` registry (SFT cross-entropy by default); its metrics name
+    the count `tokens`."""
+    step = make_train_step(graphdef, tx, LOSSES[loss], freeze_vision=freeze_vision)
+
+    def sft_step(state, batch):
+        state, metrics = step(state, batch)
+        metrics["tokens"] = metrics.pop("count")
+        return state, metrics
+
+    return sft_step
 
 
 def keep_if_finite(loss, grad_norm, new, old):

@@ -35,7 +35,7 @@ from ..data import boxes as box_frames
 from ..data.records import GroundingRecord
 from ..errors import UserError
 from ..models.processor import ImageProcessor
-from ..models.qwen2_5_vl.vision import vision_inputs
+from ..models.qwen2_5_vl.inputs import vision_inputs
 from .optim import OptimConfig, make_optimizer
 from .step import keep_if_finite
 

@@ -13,7 +13,8 @@ import pytest
 
 from rsground_jax.data import load_split
 from rsground_jax.data import synthetic as S
-from rsground_jax.data.synthetic import Cue, SceneObject
+from rsground_jax.data import expressions as E
+from rsground_jax.data.expressions import Cue, SceneObject
 
 
 @pytest.mark.parametrize(
@@ -33,8 +34,8 @@ def test_every_expression_identifies_exactly_its_object(preset, num_images):
                     continue
                 total += 1
                 kinds.add(img.cues[j].kind)
-                assert S.parse_expression(expr) == img.cues[j], expr
-                assert S.resolve_expression(expr, img.objects, img.width, img.height) == [j], (preset, seed, i, expr, img.objects)
+                assert E.parse_expression(expr) == img.cues[j], expr
+                assert E.resolve_expression(expr, img.objects, img.width, img.height) == [j], (preset, seed, i, expr, img.objects)
     assert total > num_images  # most objects get an expression
     if preset != "dior":
         assert kinds == {"unique", "absolute", "relative", "ordinal", "size"}
@@ -112,16 +113,16 @@ SCENE = [
     ],
 )
 def test_resolver_semantics_on_a_known_scene(text, expected):
-    assert S.resolve_expression(text, SCENE, W, H) == expected
+    assert E.resolve_expression(text, SCENE, W, H) == expected
 
 
 def test_generator_cues_hold_with_margin_on_the_known_scene():
-    cues = S.valid_cues(0, SCENE, W, H, margin=5)
+    cues = E.valid_cues(0, SCENE, W, H, margin=5)
     assert Cue("absolute", "storagetank", region="upper left") in cues
     assert Cue("size", "storagetank", extreme="smallest") in cues
     assert Cue("ordinal", "storagetank", direction="left", rank=1) in cues
     assert Cue("unique", "storagetank") not in cues
-    assert Cue("unique", "ship") in S.valid_cues(3, SCENE, W, H, margin=5)
+    assert Cue("unique", "ship") in E.valid_cues(3, SCENE, W, H, margin=5)
     # "top" is not unique for tank 0 (tank 2 is also in the top third).
     assert Cue("absolute", "storagetank", region="top") not in cues
 
@@ -129,14 +130,14 @@ def test_generator_cues_hold_with_margin_on_the_known_scene():
 def test_every_phrasing_parses_back():
     rng = np.random.default_rng(0)
     cues = [Cue("unique", "ship")]
-    cues += [Cue("absolute", "airplane", region=r) for r in S.REGIONS]
-    cues += [Cue("relative", "vehicle", relation=r, anchor="storagetank") for r in S.RELATIONS]
-    cues += [Cue("ordinal", "tenniscourt", direction=d, rank=k) for d in S.DIRECTIONS for k in range(1, 6)]
+    cues += [Cue("absolute", "airplane", region=r) for r in E.REGIONS]
+    cues += [Cue("relative", "vehicle", relation=r, anchor="storagetank") for r in E.RELATIONS]
+    cues += [Cue("ordinal", "tenniscourt", direction=d, rank=k) for d in E.DIRECTIONS for k in range(1, 6)]
     cues += [Cue("size", "windmill", extreme=e) for e in ("largest", "smallest")]
     for cue in cues:
-        texts = {S.render_cue(cue, n, rng) for n in (2, 3) for _ in range(40)}
+        texts = {E.render_cue(cue, n, rng) for n in (2, 3) for _ in range(40)}
         for t in texts:
-            assert S.parse_expression(t) == cue, t
+            assert E.parse_expression(t) == cue, t
 
 
 def _tree_digest(root) -> str:
@@ -162,7 +163,7 @@ def test_generate_dataset_is_deterministic_and_reads_back(tmp_path):
         for r in records:
             # Through the DIOR files: the record and its others are the whole scene again.
             objects = [SceneObject(o.category, o.box) for o in r.all_objects()]
-            assert S.resolve_expression(r.expression, objects, r.width, r.height) == [0], r
+            assert E.resolve_expression(r.expression, objects, r.width, r.height) == [0], r
     assert total == a.num_expressions
 
 

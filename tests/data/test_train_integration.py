@@ -18,6 +18,7 @@ def test_pipeline_batch_trains_the_tiny_model(synth_root, small_tokenizer):
 
     from rsground_jax.models import Qwen25VL, prepare_inputs
     from rsground_jax.models.qwen2_5_vl import tiny
+    from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
 
     pipeline = sft_pipeline(load_split(synth_root, "train"), small_tokenizer, ImageProcessor(), PipelineConfig(batch_size=4, seed=0))
     sp = pipeline.plan.specials
@@ -34,8 +35,8 @@ def test_pipeline_batch_trains_the_tiny_model(synth_root, small_tokenizer):
     tx = train.make_optimizer(train.OptimConfig(lr=3e-3, total_steps=100))
     state = train.TrainState.create(params, tx)
     step = train.make_sft_step(graphdef, tx)
-    windows, slots = train.static_vision_sizes(pipeline.plan.grid_thw, cfg.vision, 4, batch["pixel_values"].shape[0])
-    stacked = train.stack_micro_batches([train.add_vision_inputs(batch, cfg.vision, num_windows=windows, frame_slots=slots)])
+    windows, slots = static_vision_sizes(pipeline.plan.grid_thw, cfg.vision, 4, batch["pixel_values"].shape[0])
+    stacked = train.stack_micro_batches([add_vision_inputs(batch, cfg.vision, num_windows=windows, frame_slots=slots)])
     losses = []
     for _ in range(4):
         state, m = step(state, stacked)

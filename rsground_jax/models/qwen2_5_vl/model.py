@@ -9,51 +9,15 @@ Two ways to call it:
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from .config import Qwen25VLConfig
-from .rope_index import get_rope_index
+from .inputs import prepare_inputs
 from .text import KVCache, TextDecoder
-from .vision import VisionTower, vision_inputs
-
-
-def prepare_inputs(
-    config: Qwen25VLConfig,
-    input_ids,
-    attention_mask=None,
-    image_grid_thw=None,
-    *,
-    num_patches: int | None = None,
-    num_windows: int | None = None,
-    num_frames: int | None = None,
-    frame_slots: int | None = None,
-) -> dict[str, Any]:
-    """Host-side preparation (numpy): M-RoPE positions, rope deltas and the vision tower's index arrays.
-
-    Raises `ImageTokenMismatchError` (from `get_rope_index`) when the `<|image_pad|>` tokens do not match `image_grid_thw`.
-    Returns a dict with `input_ids`, `attention_mask`, `position_ids` [3,B,L], `rope_deltas` [B] and
-    `vision` (dict of int arrays, or None for a text-only batch).
-    """
-    ids = np.asarray(input_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
-    mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)
-    grid = None if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
-    vc = config.vision
-    position_ids, rope_deltas = get_rope_index(
-        ids, grid, mask, image_token_id=config.image_token_id, spatial_merge_size=vc.spatial_merge_size
-    )
-    vision = None
-    if grid is not None and len(grid):
-        vision = vision_inputs(grid, vc, num_patches=num_patches, num_windows=num_windows,
-                               num_frames=num_frames, frame_slots=frame_slots).arrays()
-    return {"input_ids": ids.astype(np.int32), "attention_mask": mask, "position_ids": position_ids,
-            "rope_deltas": rope_deltas, "vision": vision}
+from .vision import VisionTower
 
 
 def _is_traced(*xs) -> bool:

@@ -1,7 +1,8 @@
 """Qwen2.5-VL vision tower: patch embedding, 2D rotary, window/full attention blocks, patch merger.
 
 Data-dependent bookkeeping (window permutation, attention groups, rotary positions) is computed on the host
-by `vision_inputs` from `image_grid_thw`, padded to static sizes, and passed to the jitted tower as int arrays.
+by `inputs.vision_inputs` from `image_grid_thw`, padded to static sizes, and passed to the jitted tower as int
+arrays.
 
 Attention is computed over *groups*: a window (at most (window_size/patch_size)^2 = 64 patches) for window
 blocks, a whole frame for the blocks in `fullatt_block_indexes`. Tokens are gathered into a [groups, slots]
@@ -11,151 +12,13 @@ O(N^2) of a block-diagonal mask, and is exactly transformers' varlen (cu_seqlens
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from .config import VisionConfig
 from .layers import apply_rotary, grouped_attention, layer_runs, maybe_remat, param, rms_norm, swiglu
-
-
-# --------------------------------------------------------------------------------------------- host side
-
-
-@dataclasses.dataclass
-class VisionInputs:
-    """Host-computed int arrays that drive the vision tower (P patches, incl. padding; P % merge_unit == 0).
-
-    patch_perm:    [P]  patch order after the window permutation (index into `pixel_values` rows).
-    rot_pos:       [P, 2] (row, col) of each permuted patch, for the 2D rotary embedding.
-    window_index:  [Gw, Sw] permuted-token index of each window slot; window_valid [Gw, Sw].
-    window_slot:   [P]  flat slot (g * Sw + s) of each permuted token in the window layout.
-    frame_index:   [Gf, Sf], frame_valid, frame_slot: the same for full attention (one group per frame).
-    merge_unperm:  [P / merge_unit] merged-token order that undoes the window permutation.
-    num_merged:    number of real merged tokens (the image embeddings that feed `<|image_pad|>`).
-    """
-
-    patch_perm: np.ndarray
-    rot_pos: np.ndarray
-    window_index: np.ndarray
-    window_valid: np.ndarray
-    window_slot: np.ndarray
-    frame_index: np.ndarray
-    frame_valid: np.ndarray
-    frame_slot: np.ndarray
-    merge_unperm: np.ndarray
-    num_merged: int
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "num_merged"}
-
-
-def _groups(group_of_token: np.ndarray, num_groups: int | None, slots: int | None, what: str):
-    """Lay out tokens (already contiguous per group) into [G, S] index/valid arrays and each token's slot."""
-    n = len(group_of_token)
-    ids, starts, counts = np.unique(group_of_token, return_index=True, return_counts=True)
-    g_real = len(ids)
-    s_need = int(counts.max()) if g_real else 1
-    G = g_real if num_groups is None else num_groups
-    S = s_need if slots is None else slots
-    if G < g_real or S < s_need:
-        raise ValueError(f"{what}: need {g_real} groups of up to {s_need} tokens, static sizes give {G} x {S}")
-    index = np.zeros((G, S), np.int32)
-    valid = np.zeros((G, S), bool)
-    slot = np.zeros((n,), np.int32)
-    for g, (start, count) in enumerate(zip(starts, counts)):
-        index[g, :count] = np.arange(start, start + count)
-        valid[g, :count] = True
-        slot[start : start + count] = g * S + np.arange(count)
-    return index, valid, slot
-
-
-def vision_inputs(
-    image_grid_thw: np.ndarray,
-    cfg: VisionConfig,
-    *,
-    num_patches: int | None = None,
-    num_windows: int | None = None,
-    num_frames: int | None = None,
-    frame_slots: int | None = None,
-) -> VisionInputs:
-    """Compute the tower's index arrays for images with grids `image_grid_thw` [num_images, 3].
-
-    Static sizes (pass them for jit; None means exactly what these images need):
-      num_patches: total patch rows P of the padded `pixel_values` (>= sum t*h*w, multiple of merge unit).
-      num_windows: window groups Gw; window slots are always (window_size / patch_size)^2.
-      num_frames, frame_slots: full-attention groups Gf and their size Sf (>= largest frame's t*h*w / t).
-    """
-    grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
-    m, unit = cfg.spatial_merge_size, cfg.merge_unit
-    vw = cfg.window_size // cfg.patch_size // m  # window side in merged units
-    if np.any(grid <= 0) or np.any(grid[:, 1:] % m):
-        raise ValueError(f"image_grid_thw rows must be positive with h and w multiples of {m}, got {grid.tolist()}")
-    unit_perm, window_of_unit, frame_of_unit, hw_pos = [], [], [], []
-    unit_offset = window_id = frame_id = 0
-    for t, h, w in grid.tolist():
-        gh, gw = h // m, w // m
-        # rotary (row, col) of every patch in transformers' merge-block order
-        hp = np.arange(h)[:, None].repeat(w, 1).reshape(gh, m, gw, m).transpose(0, 2, 1, 3).ravel()
-        wp = np.arange(w)[None, :].repeat(h, 0).reshape(gh, m, gw, m).transpose(0, 2, 1, 3).ravel()
-        hw_pos.append(np.tile(np.stack([hp, wp], -1), (t, 1)))
-        # window order of merged units: windows row-major over the (padded) merged grid, units row-major inside
-        nwh, nww = math.ceil(gh / vw), math.ceil(gw / vw)
-        idx = np.full((t, nwh * vw, nww * vw), -1, np.int64)
-        idx[:, :gh, :gw] = np.arange(t * gh * gw).reshape(t, gh, gw)
-        idx = idx.reshape(t, nwh, vw, nww, vw).transpose(0, 1, 3, 2, 4).reshape(t, nwh * nww, vw * vw)
-        for f in range(t):
-            for win in idx[f]:
-                members = win[win >= 0]
-                if len(members):
-                    unit_perm.append(members + unit_offset)
-                    window_of_unit.append(np.full(len(members), window_id))
-                    frame_of_unit.append(np.full(len(members), frame_id + f))
-                    window_id += 1
-        unit_offset += t * gh * gw
-        frame_id += t
-    unit_perm = np.concatenate(unit_perm)
-    n_units = len(unit_perm)
-    n_real = n_units * unit
-    P = n_real if num_patches is None else num_patches
-    if P < n_real or P % unit:
-        raise ValueError(f"num_patches={P} must be >= {n_real} patches and a multiple of {unit}")
-    pad_units = P // unit - n_units
-
-    # Padding patches form one extra window and one extra frame; they never mix with real tokens.
-    window_of_unit = np.concatenate(window_of_unit + [np.full(pad_units, window_id)])
-    frame_of_unit = np.concatenate(frame_of_unit + [np.full(pad_units, frame_id)])
-    unit_perm_full = np.concatenate([unit_perm, np.arange(n_units, n_units + pad_units)])
-    patch_perm = (unit_perm_full[:, None] * unit + np.arange(unit)).ravel()
-    rot = np.concatenate(hw_pos + [np.zeros((pad_units * unit, 2), np.int64)])[patch_perm]
-    win_tok = np.repeat(window_of_unit, unit)
-    frame_tok = np.repeat(frame_of_unit, unit)
-    slots_w = vw * vw * unit
-    if pad_units:
-        # split the padding window into window-sized pieces so it fits the slot count
-        pad_tok = np.arange(pad_units * unit)
-        win_tok[n_real:] = window_id + pad_tok // slots_w
-        frame_slots_needed = int(grid[:, 1:].prod(-1).max())
-        fs = frame_slots or frame_slots_needed
-        frame_tok[n_real:] = frame_id + pad_tok // fs
-    windex, wvalid, wslot = _groups(win_tok, num_windows, slots_w, "window attention")
-    findex, fvalid, fslot = _groups(frame_tok, num_frames, frame_slots, "full attention")
-    return VisionInputs(
-        patch_perm=patch_perm.astype(np.int32),
-        rot_pos=rot.astype(np.int32),
-        window_index=windex,
-        window_valid=wvalid,
-        window_slot=wslot,
-        frame_index=findex,
-        frame_valid=fvalid,
-        frame_slot=fslot,
-        merge_unperm=np.argsort(unit_perm_full).astype(np.int32),
-        num_merged=n_units,
-    )
 
 
 # --------------------------------------------------------------------------------------------- device side
