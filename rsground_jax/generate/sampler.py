@@ -61,12 +61,25 @@ def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return logits
 
 
-def _pick(logits: jax.Array, cfg: SamplingConfig, key) -> jax.Array:
+def _pick(logits: jax.Array, cfg: SamplingConfig, key) -> tuple[jax.Array, jax.Array]:
+    """(token [b], its log-probability under the distribution it was drawn from [b]): after temperature,
+    top-k and top-p, renormalized over the tokens they keep; greedy decoding reports the plain softmax's."""
     if cfg.temperature == 0.0:
-        return argmax_first(logits)
+        token = argmax_first(logits)
+        return token, _logprob_of(logits, token)
     # Gumbel-max, as jax.random.categorical draws (same key, same draw), with the faster argmax
     filtered = _filter_logits(logits, cfg)
-    return argmax_first(filtered + jax.random.gumbel(key, filtered.shape, filtered.dtype))
+    token = argmax_first(filtered + jax.random.gumbel(key, filtered.shape, filtered.dtype))
+    return token, _logprob_of(filtered, token)
+
+
+def _logprob_of(logits: jax.Array, token: jax.Array) -> jax.Array:
+    picked = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _repeat_rows(x: jax.Array, g: int, axis: int) -> jax.Array:
+    return x if g == 1 else jnp.repeat(x, g, axis=axis)
 
 
 def _by_rows(x: jax.Array, batch_axis: int, rows: tuple[Mesh, str] | None) -> jax.Array:
@@ -91,48 +104,65 @@ def _cache_by_rows(cache: KVCache, rows) -> KVCache:
 
 
 def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfig,
-                rows: tuple[Mesh, str] | None = None):
-    """Pure generation function (jit it with `cfg` and `rows` static). Returns tokens [b, max_new] and
-    lengths [b]. `rows`: (mesh, data axis) to split the batch over, or None for one device."""
+                rows: tuple[Mesh, str] | None = None, num_generations: int = 1):
+    """Pure generation function (jit it with `cfg`, `rows` and `num_generations` static).
+
+    Each of the b prompts is prefilled once; with `num_generations` G > 1 its KV cache and last logits are
+    then repeated to G rows (prompt p's completions are rows p * G ... p * G + G - 1), which decode
+    independently: the image and prompt are encoded once per prompt, not G times.
+    Returns tokens [b * G, max_new], lengths [b * G] and logprobs [b * G, max_new] (each sampled token's
+    log-probability under the distribution it was drawn from, see `_pick`; 0 past a row's length).
+    `state`: the model's parameters (e.g. a train state's, used as they are). `rows`: (mesh, data axis) to
+    split the batch over, or None for one device.
+    """
     model: Qwen25VL = nnx.merge(graphdef, state)
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
-    b, prompt_len = ids.shape
+    prompts, prompt_len = ids.shape
+    g = num_generations
+    b = prompts * g
     total = prompt_len + cfg.max_new_tokens
     cache_dtype = jnp.dtype(cfg.cache_dtype) if cfg.cache_dtype else jnp.dtype(model.dtype)
-    cache = _cache_by_rows(KVCache.init(model.config.text, b, total, cache_dtype), rows)
+    cache = _cache_by_rows(KVCache.init(model.config.text, prompts, total, cache_dtype), rows)
     logits, cache = model.forward(ids, mask, pos, batch.get("pixel_values"), batch.get("vision"),
                                   cache=cache, cache_index=0, logits_slice=slice(-1, None))
-    start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [b]
+    start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [prompts]
+    if g > 1:  # one prefill per prompt, its cache shared by the prompt's G completions
+        cache = KVCache(_repeat_rows(cache.k, g, 1), _repeat_rows(cache.v, g, 1), _repeat_rows(cache.valid, g, 0))
+        logits, start_pos = _repeat_rows(logits, g, 0), _repeat_rows(start_pos, g, 0)
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     layers = model.text.layer_params(model.dtype)  # sliced (and cast) once here, not once per token in the loop
     cache = _cache_by_rows(cache.per_layer(), rows)  # likewise: each layer's own buffer, updated in place
 
     key, sub = jax.random.split(key)
-    first = _pick(logits[:, -1], cfg, sub)
+    first, first_lp = _pick(logits[:, -1], cfg, sub)
     tokens = _by_rows(jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first), 0, rows)
+    logprobs = _by_rows(jnp.zeros((b, cfg.max_new_tokens), jnp.float32).at[:, 0].set(first_lp), 0, rows)
     done = jnp.isin(first, eos)
     lengths = jnp.ones((b,), jnp.int32)
 
     def cond(carry):
-        i, _, _, done, *_ = carry
+        i, _, _, _, done, *_ = carry
         return (i < cfg.max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        i, tokens, lengths, done, cache, key = carry
+        i, tokens, logprobs, lengths, done, cache, key = carry
         prev = tokens[:, i - 1][:, None]
         p = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, b, 1)).astype(jnp.int32)
         step_logits, cache = model.forward(prev, jnp.ones((b, 1), jnp.int32), p, cache=cache,
                                            cache_index=prompt_len + i - 1, layers=layers)
         key, sub = jax.random.split(key)
-        nxt = jnp.where(done, cfg.pad_id, _pick(step_logits[:, -1], cfg, sub))
+        picked, lp = _pick(step_logits[:, -1], cfg, sub)
+        nxt = jnp.where(done, cfg.pad_id, picked)
         tokens = _by_rows(tokens.at[:, i].set(nxt), 0, rows)
+        logprobs = _by_rows(logprobs.at[:, i].set(jnp.where(done, 0.0, lp)), 0, rows)
         cache = _cache_by_rows(cache, rows)
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(nxt, eos)
-        return i + 1, tokens, lengths, done, cache, key
+        return i + 1, tokens, logprobs, lengths, done, cache, key
 
-    _, tokens, lengths, _, _, _ = jax.lax.while_loop(cond, body, (1, tokens, lengths, done, cache, key))
-    return tokens, lengths
+    _, tokens, logprobs, lengths, _, _, _ = jax.lax.while_loop(
+        cond, body, (1, tokens, logprobs, lengths, done, cache, key))
+    return tokens, lengths, logprobs
 
 
 class Sampler:
@@ -151,7 +181,7 @@ class Sampler:
             # sharding constraints inside the loop need Auto axes; `jax.make_mesh` makes Explicit ones
             mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
             self._rows = (mesh, data_axis)
-        self._fn = jax.jit(generate_fn, static_argnums=(0, 4, 5))
+        self._fn = jax.jit(generate_fn, static_argnums=(0, 4, 5, 6))
         self.update(model)
 
     def update(self, model: Qwen25VL) -> None:
@@ -185,9 +215,16 @@ class Sampler:
 
     def __call__(self, batch: dict, cfg: SamplingConfig, key: jax.Array | None = None):
         """batch: output of `prepare_inputs` (left-padded) plus `pixel_values`; returns numpy tokens, lengths."""
+        tokens, lengths, _ = self.sample(batch, cfg, key)
+        return tokens, lengths
+
+    def sample(self, batch: dict, cfg: SamplingConfig, key: jax.Array | None = None, num_generations: int = 1):
+        """`num_generations` completions per prompt from one prefill each: numpy tokens [b * G, max_new],
+        lengths [b * G], log-probabilities [b * G, max_new] (see `generate_fn`)."""
         arrays, key = self._inputs(batch, key)
-        tokens, lengths = self._fn(self.graphdef, self.state, arrays, key, cfg, self._rows)
-        return np.asarray(tokens), np.asarray(lengths)
+        tokens, lengths, logprobs = self._fn(self.graphdef, self.state, arrays, key, cfg, self._rows,
+                                             num_generations)
+        return np.asarray(tokens), np.asarray(lengths), np.asarray(logprobs)
 
 
 def generate(model: Qwen25VL, batch: dict, cfg: SamplingConfig, key=None):

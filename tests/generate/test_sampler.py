@@ -101,8 +101,44 @@ def test_sampled_token_is_jax_categorical_draw(rng):
         for seed in range(5):
             key = jax.random.key(int(rng.integers(2**31)) + seed)
             want = jax.random.categorical(key, _filter_logits(logits, cfg), axis=-1)
-            np.testing.assert_array_equal(_pick(logits, cfg, key), want)
-    np.testing.assert_array_equal(_pick(logits, SamplingConfig(), None), jnp.argmax(logits, -1))
+            token, logprob = _pick(logits, cfg, key)
+            np.testing.assert_array_equal(token, want)
+            # the log-probability under the distribution drawn from: filtered, renormalized
+            filtered = jax.nn.log_softmax(_filter_logits(logits, cfg), axis=-1)
+            np.testing.assert_allclose(logprob, np.take_along_axis(np.asarray(filtered), np.asarray(want)[:, None], 1)[:, 0],
+                                       rtol=1e-5)
+    token, logprob = _pick(logits, SamplingConfig(), None)
+    np.testing.assert_array_equal(token, jnp.argmax(logits, -1))
+    np.testing.assert_allclose(logprob, np.asarray(jax.nn.log_softmax(logits, -1)).max(-1), rtol=1e-5)
+
+
+def test_shared_prefill_equals_separately_prefilled_copies(rng):
+    """G completions per prompt from one prefill each are exactly the tokens of G separately prefilled copies
+    of each prompt, for the same key (greedy and sampled, with a stop token), and their log-probabilities."""
+    model = Qwen25VL(CFG, rngs=nnx.Rngs(int(rng.integers(2**31))))
+    batch, pix = _prompts(rng, CFG, n=3)
+    G = 4
+    grids = np.asarray(pix["image_grid_thw"])
+    offsets = np.concatenate([[0], np.cumsum(grids.prod(-1))])
+    ids = np.repeat(batch["input_ids"], G, axis=0)
+    mask = np.repeat(batch["attention_mask"], G, axis=0)
+    rep_grid = np.repeat(grids, G, axis=0)  # the two image prompts come first, the text-only one last
+    copies = prepare_inputs(CFG, ids, mask, rep_grid)
+    copies["pixel_values"] = np.concatenate([pix["pixel_values"][offsets[i]:offsets[i + 1]]
+                                             for i in range(len(grids)) for _ in range(G)])
+    sampler = Sampler(model)
+    key = jax.random.key(int(rng.integers(2**31)))
+    sampled = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=50)
+    free = sampler.sample(copies, sampled, key)[0]
+    for cfg in (SamplingConfig(max_new_tokens=8), sampled,
+                SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=50, eos_ids=(int(free[1, 2]),), pad_id=299)):
+        shared = sampler.sample(batch, cfg, key, num_generations=G)
+        separate = sampler.sample(copies, cfg, key)
+        np.testing.assert_array_equal(shared[0], separate[0], err_msg=str(cfg))
+        np.testing.assert_array_equal(shared[1], separate[1], err_msg=str(cfg))
+        np.testing.assert_allclose(shared[2], separate[2], rtol=1e-4, atol=1e-5)
+    assert len({tuple(r) for r in free[:G].tolist()}) > 1  # a prompt's sampled completions differ
+    assert shared[1][1] <= 3
 
 
 _SPLIT_CHILD = r"""
@@ -135,7 +171,7 @@ assert len(set(map(tuple, free.tolist()))) > 1  # the rows differ, so a row land
 
 # the program really splits: its token buffer comes back one half on each device
 arrays, k = two._inputs(batch, key)
-out = two._fn(two.graphdef, two.state, arrays, k, sampled, two._rows)[0]
+out = two._fn(two.graphdef, two.state, arrays, k, sampled, two._rows, 1)[0]
 assert {tuple(s.data.shape) for s in out.addressable_shards} == {(2, 10)}, out.sharding
 
 odd, _ = _prompts(rng, CFG, n=3)

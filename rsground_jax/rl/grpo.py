@@ -1,0 +1,136 @@
+"""GRPO: the config, group-relative advantages and the clipped surrogate loss with a KL penalty.
+
+The vocabulary is TRL's and Tunix's, so a config moves across without a dictionary. Formulas
+(../shared/REFERENCE.md section 5):
+
+  advantages   "group": (r - group mean) / (group std, ddof=1, + 1e-4); "batch": the same with the std of
+               the whole batch; "none": r - group mean (Dr.GRPO)
+  ratio        exp(logp - old_logp) per token (1 on the first of `num_iterations` updates of a rollout batch)
+  pg           -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A)
+  KL           k1 = logp - ref_logp; k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1
+  per token    pg + beta * KL
+  aggregation  "seq-mean-token-mean": mean over sequences of (sum of masked loss / its tokens) (a sequence
+               with no tokens adds 0); "token-mean": sum of masked loss / all masked tokens;
+               "seq-mean-token-sum-norm" (Dr.GRPO): sum of masked loss / (B * T)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import UserError
+
+SCALES = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k3")
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+ADV_EPS = 1e-4
+
+
+class GRPOConfigError(UserError, ValueError):
+    """A GRPO setting out of range or unknown."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    num_generations: int = 8  # G completions per prompt
+    num_iterations: int = 1  # updates per rollout batch (mu); old log-probs fixed across them
+    beta: float = 0.04  # KL coefficient; 0 skips the reference policy
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None: epsilon (DAPO clip-higher: 0.28)
+    kl_estimator: str = "k3"
+    loss_agg_mode: str = "seq-mean-token-mean"
+    scale_rewards: str = "group"
+    temperature: float = 1.0
+    top_k: int = 0  # rollouts only: log-probs in the loss are under the temperature-scaled, unfiltered softmax
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal, fill the batch from further prompts
+    mask_truncated_completions: bool = False  # completions without an end token get no loss
+
+    def __post_init__(self):
+        def need(ok: bool, what: str):
+            if not ok:
+                raise GRPOConfigError(f"GRPO setting {what}")
+
+        need(isinstance(self.num_generations, int) and self.num_generations >= 2,
+             f"num_generations={self.num_generations!r}: must be an integer >= 2 (advantages compare a group's "
+             f"completions)")
+        need(isinstance(self.num_iterations, int) and self.num_iterations >= 1,
+             f"num_iterations={self.num_iterations!r}: must be an integer >= 1")
+        need(self.beta >= 0, f"beta={self.beta!r}: must be >= 0")
+        need(0 < self.epsilon < 1, f"epsilon={self.epsilon!r}: must be in (0, 1)")
+        need(self.epsilon_high is None or self.epsilon_high > 0, f"epsilon_high={self.epsilon_high!r}: must be > 0")
+        need(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator={self.kl_estimator!r}: one of {KL_ESTIMATORS}")
+        need(self.loss_agg_mode in LOSS_AGG_MODES, f"loss_agg_mode={self.loss_agg_mode!r}: one of {LOSS_AGG_MODES}")
+        need(self.scale_rewards in SCALES, f"scale_rewards={self.scale_rewards!r}: one of {SCALES}")
+        need(self.temperature > 0, f"temperature={self.temperature!r}: must be > 0 for sampled rollouts")
+        need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             f"max_new_tokens={self.max_new_tokens!r}: must be a positive integer")
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+def group_advantages(rewards: jax.Array, scale: str = "group") -> jax.Array:
+    """rewards [P, G] -> advantages [P, G] (see the module docstring for `scale`)."""
+    if scale not in SCALES:
+        raise GRPOConfigError(f"scale={scale!r}: one of {SCALES}")
+    rewards = rewards.astype(jnp.float32)
+    # shifted by the first reward: a group of equal rewards centres to exactly 0 (a plain float32 mean may not)
+    shifted = rewards - rewards[:, :1]
+    centred = shifted - shifted.mean(axis=1, keepdims=True)
+    if scale == "none":
+        return centred
+    if scale == "group":
+        std = jnp.std(shifted, axis=1, ddof=1, keepdims=True)
+    else:
+        std = jnp.std(rewards, ddof=1)
+    return centred / (std + ADV_EPS)
+
+
+def grpo_loss_terms(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
+    """The loss as (sum, count, aux) for `train.make_update`: loss = sum / count exactly, also summed over
+    micro-batches; aux maps metric names to (numerator, denominator). Shapes as in `grpo_loss`."""
+    mask = mask.astype(jnp.float32)
+    b, t = mask.shape
+    # padding may hold any log-prob: zero it first, so no inf or NaN reaches the loss or its gradient
+    live = mask > 0
+    logp, old_logp = jnp.where(live, logp, 0.0), jnp.where(live, old_logp, 0.0)
+    ref_logp = jnp.where(live, ref_logp, 0.0) if ref_logp is not None else None
+    adv = advantages.astype(jnp.float32)[:, None]
+    ratio = jnp.exp(logp - old_logp)
+    clipped = jnp.clip(ratio, 1.0 - cfg.epsilon, 1.0 + cfg.clip_high)
+    per_token = -jnp.minimum(ratio * adv, clipped * adv)
+    tokens = mask.sum()
+    aux = {}
+    if cfg.beta > 0:
+        delta = ref_logp - logp
+        kl = -delta if cfg.kl_estimator == "k1" else jnp.exp(delta) - delta - 1.0
+        per_token = per_token + cfg.beta * kl
+        aux["kl"] = ((kl * mask).sum(), tokens)
+    masked = per_token * mask
+    if cfg.loss_agg_mode == "seq-mean-token-mean":
+        total, count = (masked.sum(1) / jnp.maximum(mask.sum(1), 1.0)).sum(), jnp.float32(b)
+    elif cfg.loss_agg_mode == "token-mean":
+        total, count = masked.sum(), tokens
+    else:
+        total, count = masked.sum() / t, jnp.float32(b)
+    low = (ratio < 1.0 - cfg.epsilon) & (adv < 0)
+    high = (ratio > 1.0 + cfg.clip_high) & (adv > 0)
+    aux["clip_fraction"] = (((low | high) * mask).sum(), tokens)
+    aux["ratio"] = ((ratio * mask).sum(), tokens)
+    return total, count, aux
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
+    """The GRPO loss of one batch.
+
+    logp, old_logp, ref_logp, mask: [B, T] (mask 1 on completion tokens; ref_logp is unused with beta 0);
+    advantages: [B]. Returns (loss scalar, metrics {kl (with beta > 0), clip_fraction, ratio}), token means.
+    """
+    total, count, aux = grpo_loss_terms(logp, old_logp, ref_logp, advantages, mask, cfg)
+    return total / jnp.maximum(count, 1.0), {k: n / jnp.maximum(d, 1.0) for k, (n, d) in aux.items()}
