@@ -299,3 +299,116 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
     walk(saved, current, "")
     return out
+
+
+# ------------------------------------------------------------------------------------ the GRPO schema
+#
+# `rsground grpo` (rl/experiment.py): one stage of reinforcement fine-tuning from a model folder (a CoT-SFT
+# export). The prompt template and pixel budget are the model folder's own (rsground_prompt.json), so the
+# policy is prompted as it was trained.
+
+_DATA_FIELDS: dict[str, Field] = {
+    "synth": Field((ml_collections.ConfigDict, type(None)), "a dict with a preset and SynthConfig fields, or None"),
+    "num_images": _int(*_POSITIVE),
+    "data_root": _str("a dataset folder"),
+    "data_format": _choice("auto", "dior_rsvg", "opt_rsvg", "rsvg_hr", "vrsbench"),
+    "data_seed": _int(*_ANY_INT),
+    "prompts": _int("an integer >= 0 (0: every training record; N: the first N, a fixed set)", lambda v: v >= 0),
+}
+_GRPO_SETTINGS: dict[str, Field] = {
+    "num_generations": _int("an integer >= 2", lambda v: v >= 2),
+    "num_iterations": _int(*_POSITIVE),
+    "beta": _float("a number >= 0", lambda v: v >= 0),
+    "epsilon": _float("a number in (0, 1)", lambda v: 0 < v < 1),
+    "epsilon_high": Field((int, float, type(None)), "a positive number or None (= epsilon)",
+                          lambda v: v is None or (math.isfinite(v) and v > 0)),
+    "kl_estimator": _choice("k1", "k3"),
+    "loss_agg_mode": _choice("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
+    "scale_rewards": _choice("group", "batch", "none"),
+    "temperature": _float("a positive number", lambda v: v > 0),
+    "top_k": _int(*_NON_NEGATIVE),
+    "top_p": _float("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "max_new_tokens": _int(*_POSITIVE),
+    "dynamic_sampling": Field((bool,), "true or false"),
+    "mask_truncated_completions": Field((bool,), "true or false"),
+}
+_COHERENCE_FIELDS: dict[str, Field] = {
+    "enabled": Field((bool,), "true or false", required=True),
+    "kind": _str("a name of rl.rewards.COHERENCE"),
+    "min_weight": _float(*_FRACTION),
+}
+GRPO_FIELDS: dict[str, Field] = {
+    "seed": _int(*_ANY_INT, required=True),
+    "workdir": _str("a folder path", lambda v: bool(v.strip()), required=True),
+    "output": _str("a folder path, or '' for none", required=True, resumable=True),
+    "init": _str("a model folder (a CoT-SFT export) or 'base'", lambda v: bool(v.strip()), required=True),
+    "reference": _str("a model folder, or '' for init (the frozen KL reference)"),
+    "tokenizer": _str("'small', 'qwen2.5', a tokenizer folder, or '' for init's own"),
+    "compute_dtype": _choice("float32", "bfloat16"),
+    "remat": _choice("none", "full", "dots"),
+    "data": Field((ml_collections.ConfigDict,), "a dict: synth + num_images, or data_root", required=True),
+    "steps": _int(*_POSITIVE, required=True, resumable=True),
+    "batch_size": _int("a positive integer: completions per micro-batch, a multiple of grpo.num_generations",
+                       lambda v: v > 0, required=True),
+    "accum_steps": _int(*_POSITIVE),
+    "lr": _float("a positive number", lambda v: v > 0, required=True),
+    "warmup_steps": _int(*_NON_NEGATIVE),
+    "end_lr_fraction": _float(*_FRACTION),
+    "freeze_vision": Field((bool,), "true or false"),
+    "clip_norm": Field((int, float, type(None)), "a positive number or None", lambda v: v is None or v > 0),
+    "max_prompt_length": _int(*_POSITIVE, required=True),
+    "grpo": Field((ml_collections.ConfigDict,), "a dict of GRPOConfig settings", required=True),
+    "rewards": Field((ml_collections.ConfigDict,), "a dict of reward name -> weight", required=True),
+    "reward_options": Field((ml_collections.ConfigDict,), "a dict of reward name -> options"),
+    "coherence": Field((ml_collections.ConfigDict,), "a dict: enabled, kind, min_weight"),
+    "eval_images": _int(*_NON_NEGATIVE, required=True, resumable=True),
+    **_INTERVALS,
+}
+GRPO_RESUMABLE_KEYS = {k for k, f in GRPO_FIELDS.items() if f.resumable}
+
+
+def check_grpo_config(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
+    """Raise `ConfigError` naming `source` and the key for anything `rsground grpo` cannot run: unknown or
+    missing keys, values out of range, a reward that does not exist, a batch that does not divide into groups."""
+    _check_fields(cfg, GRPO_FIELDS, source, "")
+    _check_fields(cfg.data, _DATA_FIELDS, source, "data.")
+    own = [k for k in ("synth", "data_root") if cfg.data.get(k) not in (None, "")]
+    if len(own) != 1:
+        raise ConfigError(f"{source}: data needs exactly one source of synth and data_root; it has {own or 'none'}")
+    if own == ["synth"]:
+        if cfg.data.get("num_images") is None:
+            raise ConfigError(f"{source}: data.num_images is required with synth")
+        _check_synth(cfg.data.synth, source, "data.synth")
+    _check_fields(cfg.grpo, _GRPO_SETTINGS, source, "grpo.")
+    if cfg.get("coherence") is not None:
+        _check_fields(cfg.coherence, _COHERENCE_FIELDS, source, "coherence.")
+    g = grpo_settings(cfg)
+    if cfg.batch_size % g.num_generations:
+        raise ConfigError(f"{source}: batch_size={cfg.batch_size} completions do not divide into groups of "
+                          f"grpo.num_generations={g.num_generations}; use a multiple of {g.num_generations}")
+    from .rl.rewards import COHERENCE, RewardConfigError, check_reward_weights
+
+    try:
+        check_reward_weights(cfg.rewards.to_dict(), (cfg.get("reward_options") or ml_collections.ConfigDict()).to_dict())
+    except RewardConfigError as e:
+        raise ConfigError(f"{source}: rewards: {e}") from None
+    if not cfg.rewards:
+        raise ConfigError(f"{source}: rewards is empty: give at least one reward name and its weight")
+    kind = (cfg.get("coherence") or {}).get("kind", "pairwise_iou")
+    if kind not in COHERENCE:
+        raise ConfigError(f"{source}: coherence.kind={kind!r} is not one of {sorted(COHERENCE)}")
+
+
+def grpo_settings(cfg: ml_collections.ConfigDict):
+    """The `GRPOConfig` of a GRPO experiment config's `grpo` dict."""
+    from .rl.config import GRPOConfig, GRPOConfigError
+
+    try:
+        return GRPOConfig(**cfg.grpo.to_dict())
+    except GRPOConfigError as e:
+        raise ConfigError(str(e)) from None
+
+
+def grpo_config_differences(saved: dict, current: dict) -> list[str]:
+    """`config_differences` for GRPO configs: the keys that differ, except `GRPO_RESUMABLE_KEYS`."""
+    return [d for d in config_differences(saved, current) if d.split(":")[0] not in GRPO_RESUMABLE_KEYS]

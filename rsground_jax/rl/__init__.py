@@ -10,7 +10,7 @@ import importlib
 _EXPORTS = {
     "parse_box": "parse", "format_ok": "parse", "TokenBytes": "parse",
     "positional_reward": "rewards", "REWARDS": "rewards", "COHERENCE": "rewards",
-    "GRPOConfig": "grpo", "group_advantages": "grpo", "grpo_loss": "grpo",
+    "GRPOConfig": "config", "group_advantages": "grpo", "grpo_loss": "grpo",
 }
 
 __all__ = sorted(_EXPORTS)

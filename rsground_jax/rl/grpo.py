@@ -16,64 +16,10 @@ The vocabulary is TRL's and Tunix's, so a config moves across without a dictiona
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from ..errors import UserError
-
-SCALES = ("group", "batch", "none")
-KL_ESTIMATORS = ("k1", "k3")
-LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-ADV_EPS = 1e-4
-
-
-class GRPOConfigError(UserError, ValueError):
-    """A GRPO setting out of range or unknown."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOConfig:
-    num_generations: int = 8  # G completions per prompt
-    num_iterations: int = 1  # updates per rollout batch (mu); old log-probs fixed across them
-    beta: float = 0.04  # KL coefficient; 0 skips the reference policy
-    epsilon: float = 0.2
-    epsilon_high: float | None = None  # None: epsilon (DAPO clip-higher: 0.28)
-    kl_estimator: str = "k3"
-    loss_agg_mode: str = "seq-mean-token-mean"
-    scale_rewards: str = "group"
-    temperature: float = 1.0
-    top_k: int = 0  # rollouts only: log-probs in the loss are under the temperature-scaled, unfiltered softmax
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    dynamic_sampling: bool = False  # drop groups whose rewards are all equal, fill the batch from further prompts
-    mask_truncated_completions: bool = False  # completions without an end token get no loss
-
-    def __post_init__(self):
-        def need(ok: bool, what: str):
-            if not ok:
-                raise GRPOConfigError(f"GRPO setting {what}")
-
-        need(isinstance(self.num_generations, int) and self.num_generations >= 2,
-             f"num_generations={self.num_generations!r}: must be an integer >= 2 (advantages compare a group's "
-             f"completions)")
-        need(isinstance(self.num_iterations, int) and self.num_iterations >= 1,
-             f"num_iterations={self.num_iterations!r}: must be an integer >= 1")
-        need(self.beta >= 0, f"beta={self.beta!r}: must be >= 0")
-        need(0 < self.epsilon < 1, f"epsilon={self.epsilon!r}: must be in (0, 1)")
-        need(self.epsilon_high is None or self.epsilon_high > 0, f"epsilon_high={self.epsilon_high!r}: must be > 0")
-        need(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator={self.kl_estimator!r}: one of {KL_ESTIMATORS}")
-        need(self.loss_agg_mode in LOSS_AGG_MODES, f"loss_agg_mode={self.loss_agg_mode!r}: one of {LOSS_AGG_MODES}")
-        need(self.scale_rewards in SCALES, f"scale_rewards={self.scale_rewards!r}: one of {SCALES}")
-        need(self.temperature > 0, f"temperature={self.temperature!r}: must be > 0 for sampled rollouts")
-        need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-             f"max_new_tokens={self.max_new_tokens!r}: must be a positive integer")
-
-    @property
-    def clip_high(self) -> float:
-        return self.epsilon if self.epsilon_high is None else self.epsilon_high
-
+from .config import ADV_EPS, SCALES, GRPOConfig, GRPOConfigError
 
 def group_advantages(rewards: jax.Array, scale: str = "group") -> jax.Array:
     """rewards [P, G] -> advantages [P, G] (see the module docstring for `scale`)."""

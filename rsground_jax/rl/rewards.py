@@ -175,7 +175,8 @@ class RewardInputs:
     """What every reward term may read, one row per completion.
 
     pred [N, 4]: the parsed box clipped to the image (0 where there is none); has_box [N] bool; format [N]
-    bool; gt [N, 4] the target; image_hw [N, 2] (height, width), all in the resized frame.
+    bool; gt [N, 4] the target; image_hw [N, 2] (height, width), all in the resized frame; lengths [N]: the
+    completion's tokens (its end token included).
     """
 
     pred: jax.Array
@@ -183,6 +184,7 @@ class RewardInputs:
     format: jax.Array
     gt: jax.Array
     image_hw: jax.Array
+    lengths: jax.Array
 
 
 def _format(x: RewardInputs) -> jax.Array:
@@ -230,7 +232,7 @@ def reward_terms(tokens, lengths, table, gt, image_hw, weights: dict, options: d
     tokens [N, T], lengths [N], table: `TokenBytes.table` as an array, gt [N, 4], image_hw [N, 2]."""
     parsed = parse_completions(completion_bytes(tokens, lengths, table))
     x = RewardInputs(pred=clip_to_image(parsed["box"], image_hw), has_box=parsed["has_box"], format=parsed["format"],
-                     gt=gt.astype(jnp.float32), image_hw=image_hw)
+                     gt=gt.astype(jnp.float32), image_hw=image_hw, lengths=lengths)
     options = options or {}
     terms = {name: REWARDS[name](x, **dict(options.get(name, {}))) for name in weights}
     return terms, {**parsed, "pred": x.pred}

@@ -154,7 +154,8 @@ class PipelineData:
 def run_loop(state: TrainState, step_fn: Callable, next_inputs: Callable[[], tuple[Any, int]], data,
              cfg: LoopConfig, workdir: str, *, resume: bool = False, name: str = "train",
              schedule: Callable[[int], float] | None = None, on_log: Callable[[dict], None] | None = None,
-             on_exit: Callable[[TrainState], None] | None = None, run_info: dict | None = None) -> LoopResult:
+             on_exit: Callable[[TrainState], None] | None = None, run_info: dict | None = None,
+             shown: tuple[str, ...] = ("loss",)) -> LoopResult:
     """The training loop every trainer uses (SFT, GRPO): `step_fn(state, inputs) -> (state, metrics)` for
     `cfg.total_steps` steps, with checkpoints, exact resume, preemption, the non-finite skip policy and metrics.
 
@@ -162,6 +163,7 @@ def run_loop(state: TrainState, step_fn: Callable, next_inputs: Callable[[], tup
     data: `state_dict()` / `load_state_dict(payload, source)` of the data's position (`PipelineData`).
     on_exit: called with the final state when the loop ends, also on an error (e.g. to update an NNX model).
     run_info: JSON facts saved with every checkpoint (e.g. where the reference policy was read from).
+    shown: the metrics the progress bar shows beside the rate.
     """
     mngr = checkpoint_manager(workdir, cfg)
     try:
@@ -170,7 +172,7 @@ def run_loop(state: TrainState, step_fn: Callable, next_inputs: Callable[[], tup
         mngr.close()
         raise
     return _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule, on_log, on_exit,
-                  run_info, resumed_from)
+                  run_info, resumed_from, shown)
 
 
 def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, workdir: str, *,
@@ -254,7 +256,7 @@ def _shape_mismatch(mngr, step: int, abstract) -> str | None:
 
 
 def _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule, on_log, on_exit, run_info,
-           resumed_from):
+           resumed_from, shown):
     history: list[dict] = []
     step = int(state.step)  # counted on the host from here on: no device sync per step
     writer = bar = None
@@ -288,7 +290,8 @@ def _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule
                     if on_log:
                         on_log(row)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", rate=f"{row['samples_per_s']:.1f}/s")
+                        bar.set_postfix(**{k: f"{row[k]:.4f}" for k in shown if k in row},
+                                        rate=f"{row['samples_per_s']:.1f}/s")
                 if bar is not None:
                     bar.update(1)
                 stop = preempt.requested  # read once: a signal between two reads would stop without saving

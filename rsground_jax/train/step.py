@@ -30,15 +30,22 @@ class TrainState:
     step: jax.Array  # batches processed (applied + skipped)
     skipped_in_row: jax.Array
     skipped_total: jax.Array
-    # GRPO: the rollouts' base key as raw uint32 key data (step s samples with fold_in(key, s)); None for SFT
-    rng: Any = None
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation, rng: jax.Array | None = None) -> "TrainState":
+    def create(cls, params, tx: optax.GradientTransformation, **extra) -> "TrainState":
         # distinct buffers: the step donates the state, and a buffer cannot be donated twice
         zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
         return cls(params=params, opt_state=tx.init(params), step=zero(), skipped_in_row=zero(), skipped_total=zero(),
-                   rng=rng)
+                   **extra)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class RLTrainState(TrainState):
+    """A train state that also holds the rollouts' base key, as raw uint32 key data: step s samples with
+    `fold_in(key, s)`, so the key is saved with the checkpoint and never advanced on the host."""
+
+    rng: Any = None
 
 
 def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False):
@@ -121,14 +128,15 @@ def keep_if_finite(loss, grad_norm, new, old):
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old), ok
 
 
-def stack_micro_batches(batches: list[dict]) -> dict:
-    """[accum] host batches with identical shapes -> one batch with a leading micro-batch axis."""
-    shapes = {k: {np.shape(b[k]) for b in batches} for k in MODEL_KEYS}
+def stack_micro_batches(batches: list[dict], keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """[accum] host batches with identical shapes -> one batch with a leading micro-batch axis, holding `keys`
+    and the `vision` index arrays."""
+    shapes = {k: {np.shape(b[k]) for b in batches} for k in keys if k != "vision"}
     shapes.update({f"vision.{k}": {np.shape(b["vision"][k]) for b in batches} for k in batches[0]["vision"]})
     bad = [k for k, s in shapes.items() if len(s) > 1]
     if bad:
         raise ValueError(f"micro-batches differ in shape for {bad}; gradient accumulation needs one length "
                          f"bucket and one patch bucket")
-    out = {k: np.stack([b[k] for b in batches]) for k in MODEL_KEYS}
+    out = {k: np.stack([b[k] for b in batches]) for k in keys if k != "vision"}
     out["vision"] = {k: np.stack([b["vision"][k] for b in batches]) for k in batches[0]["vision"]}
     return out

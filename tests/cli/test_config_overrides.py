@@ -39,10 +39,13 @@ def test_bad_overrides_name_the_key(override, message):
 def test_every_shipped_config_passes_the_schema():
     import glob
 
-    from rsground_jax.configs import check_experiment
+    from rsground_jax.configs import check_experiment, check_grpo_config
 
-    for path in glob.glob("configs/*.py"):
-        check_experiment(load_config(path), path)
+    paths = glob.glob("configs/*.py") + ["tests/reliability/tiny_sft.py", "tests/reliability/tiny_grpo.py"]
+    grpo = [p for p in paths if "grpo" in p.rsplit("/", 1)[-1]]
+    assert len(grpo) >= 3
+    for path in paths:
+        (check_grpo_config if path in grpo else check_experiment)(load_config(path), path)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import TINY_SFT, assert_refused, rsground, snapshot
+from .conftest import REPO, TINY_SFT, assert_refused, rsground, snapshot
+
+TINY_GRPO = REPO / "tests" / "reliability" / "tiny_grpo.py"
 
 
 def _file(path: Path, text: str = "x\n") -> Path:
@@ -56,6 +58,23 @@ def _no_dtype_config(world: Path, d: Path) -> Path:
 
 
 SFT = ["sft", "--config", TINY_SFT]
+GRPO = ["grpo", "--config", TINY_GRPO]
+
+
+def _other_shape_model(d: Path) -> Path:
+    """A complete model folder of another size than the GRPO fixture (hidden 64, not 128)."""
+    from flax import nnx
+
+    from rsground_jax.data.tokenizer import load_small_tokenizer
+    from rsground_jax.models import Qwen25VL
+    from rsground_jax.models.model_dir import save_model_dir
+    from rsground_jax.train.experiment import tiny_for
+
+    tok = load_small_tokenizer()
+    cfg = tiny_for(tok, text_layers=1, vision_depth=1)
+    save_model_dir(Qwen25VL(cfg, rngs=nnx.Rngs(0)), d / "other", tokenizer=tok,
+                   prompt_spec={"system": None, "question": "{expression}", "max_pixels": 12544, "answer_style": "cot"})
+    return d / "other"
 
 # id: (build the case's arguments from (its folder, the shared inputs), what the line must name)
 CASES = {
@@ -187,6 +206,25 @@ CASES = {
                                                   ["model/config.json", "mrope_section"]),
     "convert of an empty folder": (lambda d, w: ["convert", _dir(d / "empty"), d / "out", "--to", "orbax"],
                                    ["empty", "no model.safetensors"]),
+    # ------------------------------------------------------------------------------------------------ grpo
+    "grpo grpo.num_generations=1": (lambda d, w: [*GRPO, f"workdir={d / 'w'}", "grpo.num_generations=1"],
+                                    ["grpo.num_generations must be an integer >= 2, got 1"]),
+    "grpo batch_size=6 with groups of 4": (lambda d, w: [*GRPO, f"workdir={d / 'w'}", "batch_size=6"],
+                                           ["batch_size=6", "groups of grpo.num_generations=4", "multiple of 4"]),
+    "grpo a reward that does not exist": (lambda d, w: [*GRPO, f"workdir={d / 'w'}", "rewards={'iuo': 1.0}"],
+                                          ["reward 'iuo' does not exist", "positional"]),
+    "grpo a reference of another shape": (
+        lambda d, w: [*GRPO, f"workdir={d / 'w'}", f"reference={_other_shape_model(d)}"],
+        ["reference", "other", "has shape", "the reference must be the same model"]),
+    "grpo a prompt longer than max_prompt_length": (
+        lambda d, w: [*GRPO, f"workdir={d / 'w'}", "data={'synth': None, 'data_root': '%s', 'prompts': 0}" % (w / "dior"),
+                      "max_prompt_length=40"],
+        ["dior", "longer than the largest length bucket 40"]),
+    "grpo from a model folder without a prompt file": (
+        lambda d, w: [*GRPO, f"workdir={d / 'w'}", f"init={_model_without(w, d, 'rsground_prompt.json')}"],
+        ["init", "rsground_prompt.json"]),
+    "grpo grpo.kl_estimator=k2": (lambda d, w: [*GRPO, f"workdir={d / 'w'}", "grpo.kl_estimator=k2"],
+                                  ["grpo.kl_estimator must be one of ['k1', 'k3'], got 'k2'"]),
     # ------------------------------------------------------------------------------------------------ demo
     "demo --steps -1": (lambda d, w: ["demo", "--steps", "-1"], ["--steps", "got -1"]),
     "demo --batch-size 0": (lambda d, w: ["demo", "--batch-size", "0"], ["--batch-size"]),
@@ -215,7 +253,7 @@ def _dir(path: Path) -> Path:
 
 def test_there_are_at_least_30_bad_inputs_over_all_subcommands():
     commands = {name.split()[0] for name in CASES}
-    assert len(CASES) >= 30 and commands == {"data", "sft", "eval", "predict", "convert", "demo"}
+    assert len(CASES) >= 30 and commands == {"data", "sft", "grpo", "eval", "predict", "convert", "demo"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,167 @@
+"""A GRPO experiment from a config (`configs.GRPO_FIELDS`): the policy and reference from model folders, the
+prompts, the loop, validation, export.
+
+The policy starts from `init` (a CoT-SFT export, or 'base') and is prompted with that folder's own template
+and pixel budget (rsground_prompt.json). The frozen reference policy of the KL term is `reference`, or `init`
+when it is empty; a reference of another shape is refused before any work. Training runs under
+`<workdir>/grpo` with the shared loop (checkpoints, exact resume, SIGTERM); the export is a complete model
+folder with the same prompt file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from ..configs import check_grpo_config, grpo_config_differences, grpo_settings, plain_config
+from ..data.chat import prompt_from_spec, prompt_spec
+from ..data.pipeline import PipelineConfig, rl_pipeline
+from ..data.tokenizer import special_token_ids
+from ..errors import CheckpointError
+from ..eval.evaluate import evaluate
+from ..fileio import atomic_write_json, check_destination
+from ..models.model_dir import RECIPE, load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
+from ..train.experiment import DTYPES, stage_data, tokenizer_from
+from ..train.loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError
+from ..train.optim import OptimConfig, make_optimizer, schedule
+from ..workdir import claim
+from .loop import run_grpo
+from .parse import TokenBytes
+from .step import GRPOStepConfig
+
+log = logging.getLogger(__name__)
+STAGE = "grpo"
+
+
+def _model_folder(path: str, what: str) -> str:
+    folder = resolve(path)
+    missing = missing_parts(folder, tokenizer=False, prompt=what == "init")
+    if missing:
+        raise CheckpointError(f"{what} {folder}: not a complete model folder; it lacks {', '.join(missing)}")
+    return folder
+
+
+def reference_params(model, path: str):
+    """The parameters of the model folder `path` as the frozen reference of `model`; a folder whose shapes differ
+    (another size or vocabulary) is a clear error naming the first difference."""
+    ref = load_model(path)
+    want = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    got = dict(nnx.to_flat_state(nnx.state(ref, nnx.Param)))
+    for key, var in want:
+        other = got.get(key)
+        name = "/".join(map(str, key))
+        if other is None:
+            raise CheckpointMismatchError(f"reference {path}: has no parameter {name}; it is not the policy's model")
+        if tuple(other.value.shape) != tuple(var.value.shape):
+            raise CheckpointMismatchError(f"reference {path}: {name} has shape {tuple(other.value.shape)}, the policy's "
+                                          f"is {tuple(var.value.shape)}; the reference must be the same model")
+    return nnx.state(ref, nnx.Param)
+
+
+def run_grpo_experiment(cfg: ml_collections.ConfigDict, *, progress: bool = True, resume: bool = False,
+                        source: str = "config", workdir_claim=None) -> dict:
+    """Run a GRPO config; returns a report (also `<workdir>/report.json`). The workdir is locked and remembers the
+    config that started it (see `train.experiment.run_experiment`: the same rules)."""
+    check_grpo_config(cfg, source)
+    if workdir_claim is not None:
+        return _run(cfg, workdir_claim, progress=progress, resume=resume)
+    lock = claim(cfg.workdir, plain_config(cfg), resume=resume, command="grpo", differences=grpo_config_differences)
+    try:
+        return _run(cfg, lock, progress=progress, resume=resume)
+    finally:
+        lock.release()
+
+
+def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
+    g = grpo_settings(cfg)
+    init = _model_folder(cfg.init, "init")
+    ref_dir = _model_folder(cfg.reference, "reference") if cfg.get("reference") else init
+    export_done = _check_output(cfg, resume)
+    spec = read_prompt_spec(init)
+    template, proc, _ = prompt_from_spec(spec)
+    tok = tokenizer_from(cfg.get("tokenizer") or init)
+    model = load_model(init, compute_dtype=DTYPES[cfg.get("compute_dtype", "float32")], remat=cfg.get("remat", "none"))
+    ref = None
+    if g.beta > 0:
+        ref = reference_params(model, ref_dir) if ref_dir != init else jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    sp = special_token_ids(tok)
+
+    data = ml_collections.ConfigDict(cfg.data.to_dict())
+    data.name = STAGE
+    if data.get("synth") is not None:
+        lock.commit()  # the synthetic set is written into the workdir
+    train, val = stage_data(cfg, data, 0)
+    if cfg.data.get("prompts"):
+        train = list(train)[: cfg.data.prompts]
+    P = cfg.batch_size // g.num_generations
+    # planned before the workdir is taken: a prompt longer than max_prompt_length is refused here
+    pl = rl_pipeline(train, tok, proc, PipelineConfig(batch_size=P, length_buckets=(cfg.max_prompt_length,),
+                                                      seed=cfg.seed), template=template)
+    lock.commit()
+    opt = OptimConfig(lr=cfg.lr, warmup_steps=cfg.get("warmup_steps", 0), total_steps=cfg.steps,
+                      end_lr_fraction=float(cfg.get("end_lr_fraction", 0.0)),
+                      freeze_vision=bool(cfg.get("freeze_vision", False)), clip_norm=cfg.get("clip_norm", 1.0))
+    coherence = cfg.get("coherence") or ml_collections.ConfigDict({"enabled": False})
+    options = (cfg.get("reward_options") or ml_collections.ConfigDict()).to_dict()
+    step_cfg = GRPOStepConfig(
+        grpo=g, rewards=tuple((k, float(v)) for k, v in cfg.rewards.items()),
+        reward_options=tuple((k, tuple(sorted(v.items()))) for k, v in options.items()),
+        coherence=bool(coherence.enabled), coherence_kind=coherence.get("kind", "pairwise_iou"),
+        coherence_min_weight=float(coherence.get("min_weight", 0.5)), eos_ids=(sp.im_end,), pad_id=sp.pad,
+        freeze_vision=opt.freeze_vision)
+    table = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).table
+    loop = LoopConfig(total_steps=cfg.steps, accum_steps=cfg.get("accum_steps", 1), progress=progress,
+                      **{k: cfg.get(k, d) for k, d in (("log_every", 10), ("checkpoint_every", 50),
+                                                       ("keep_checkpoints", 3))})
+    t0 = time.time()
+    res = run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, table, loop, os.path.join(cfg.workdir, STAGE),
+                   seed=cfg.seed, resume=resume, schedule=schedule(opt),
+                   run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
+    report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "seconds": round(time.time() - t0, 1),
+              "steps": cfg.steps, "prompts": len(pl.plan), "preempted": res.preempted,
+              "last": res.history[-1] if res.history else None}
+    if res.preempted:
+        return report
+    if cfg.eval_images:
+        ev = evaluate(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
+                      max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
+        report["val"] = ev.metrics
+    print(json.dumps({k: report[k] for k in ("steps", "seconds", "last", "val") if k in report}), flush=True)
+    atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
+    if export_done:
+        print(f"{cfg.output} already holds this run's export", flush=True)
+    elif cfg.output:
+        save_model_dir(model, cfg.output, tokenizer=tok, recipe=report,
+                       prompt_spec=prompt_spec(template, spec["max_pixels"], spec["answer_style"]))
+    report["model"] = model
+    return report
+
+
+def _check_output(cfg, resume: bool) -> bool:
+    """As `train.experiment._check_output`: True when `output` holds this workdir's finished export."""
+    if not cfg.output:
+        return False
+    try:
+        with open(os.path.join(cfg.output, RECIPE)) as f:
+            own = json.load(f)["workdir"] == os.path.abspath(cfg.workdir)
+    except (OSError, ValueError, KeyError, TypeError):
+        own = False
+    if own and resume:
+        ckpts = os.path.join(cfg.workdir, STAGE, "checkpoints")
+        done = max((int(c) for c in os.listdir(ckpts) if c.isdigit()), default=0) if os.path.isdir(ckpts) else 0
+        if done < cfg.steps:
+            raise WorkdirInUseError(f"{cfg.output}: holds this workdir's export from before, and the resumed run "
+                                    f"trains on (step {done} of {cfg.steps}); set output to a new folder")
+        return True
+    check_destination(cfg.output, "output")
+    return False
+

@@ -1,0 +1,48 @@
+"""`run_grpo`: the GRPO step driven by the shared training loop (`train.run_loop`), so checkpoints, exact
+resume, SIGTERM, metrics and the non-finite skip policy are SFT's own."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ..models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
+from ..train.loop import LoopConfig, LoopResult, PipelineData, run_loop
+from ..train.step import RLTrainState, stack_micro_batches
+from .step import PROMPT_KEYS, GRPOStepConfig, make_grpo_step
+
+
+def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step_cfg: GRPOStepConfig,
+             table: np.ndarray, cfg: LoopConfig, workdir: str, *, seed: int, resume: bool = False,
+             schedule: Callable[[int], float] | None = None, on_log: Callable[[dict], None] | None = None,
+             run_info: dict | None = None) -> LoopResult:
+    """Train `model` (NNX, updated in place at the end) with GRPO on the prompts of `pipeline` (an RL pipeline:
+    left-padded prompts with their targets), `cfg.accum_steps` prompt micro-batches a step.
+
+    ref_params: the frozen reference policy's parameters (None with beta 0); table: `TokenBytes.table`;
+    seed: the rollouts' base key (checkpointed with the state: a resumed run samples what the uninterrupted
+    run sampled)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = RLTrainState.create(params, tx, rng=jax.random.key_data(jax.random.key(seed)))
+    step = make_grpo_step(graphdef, tx, step_cfg)
+    data = PipelineData(pipeline)
+    vcfg, grids, B = model.config.vision, pipeline.plan.grid_thw, pipeline.config.batch_size
+    table = jnp.asarray(table)
+
+    def next_inputs():
+        micro, samples = [], 0
+        for _ in range(cfg.accum_steps):
+            batch = next(data)
+            nw, fs = static_vision_sizes(grids, vcfg, B, batch["pixel_values"].shape[0])
+            micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
+            samples += int(batch["sample_valid"].sum()) * step_cfg.grpo.num_generations
+        return stack_micro_batches(micro, PROMPT_KEYS), samples
+
+    return run_loop(state, lambda s, batch: step(s, ref_params, table, batch), next_inputs, data, cfg, workdir,
+                    resume=resume, name="grpo", schedule=schedule, on_log=on_log,
+                    on_exit=lambda s: nnx.update(model, s.params), run_info=run_info, shown=("reward", "rollout_iou"))

@@ -1,0 +1,172 @@
+"""The GRPO step: one jitted program from prompts to updated parameters.
+
+    rollouts      each prompt prefilled once, G completions decoded from its shared cache (`generate_fn`),
+                  with the current parameters as they are (no copy of the model per step)
+    rewards       parsed from the token ids on device (`rewards.reward_terms`), weighted and summed
+    advantages    group-relative (`grpo.group_advantages`), optionally scaled per group by the coherence hook
+    log-probs     of the completions under the current policy (the old log-probs) and the frozen reference
+                  policy, teacher-forced; the prompt and its image are embedded once per prompt and the
+                  embeddings repeated to its G rows
+    update        `train.make_update` with the GRPO loss, `num_iterations` times on the same rollouts with the
+                  old log-probs fixed
+
+The batch is a stack of A prompt micro-batches (leading axis A): rollouts run per micro-batch (`lax.map`), the
+update scans the same micro-batches. The rollout key of step s is `fold_in(state.rng, s)`, so a resumed run
+draws exactly the rollouts of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ..eval.metrics import box_area
+from ..generate.sampler import SamplingConfig, generate_fn
+from ..train.step import RLTrainState, make_update
+from .grpo import GRPOConfig, group_advantages, grpo_loss_terms
+from .rewards import coherence_weights, reward_terms, weighted_reward
+
+# Prompt-batch keys the step reads (the pipeline's RL batch plus `vision` from `add_vision_inputs`).
+PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision", "gt_box_resized",
+               "resized_hw", "sample_valid")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOStepConfig:
+    """What the step needs besides the GRPO settings: the reward weights and options, the coherence hook,
+    the end and pad ids."""
+
+    grpo: GRPOConfig
+    rewards: tuple[tuple[str, float], ...]  # (name, weight)
+    reward_options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    coherence: bool = False
+    coherence_kind: str = "pairwise_iou"
+    coherence_min_weight: float = 0.5
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    freeze_vision: bool = False
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        g = self.grpo
+        return SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+                              top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id)
+
+
+def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations: int, temperature: float):
+    """Teacher-forced log-probabilities [P * G, T] of completions `tokens` [P * G, T] (row p * G + g follows
+    prompt p) under `model`, at the sampling temperature (without top-k/top-p: the policy's own distribution).
+    The prompt batch (left-padded, [P, L]) is embedded once, image included, and repeated to the G rows."""
+    g = num_generations
+    ids, mask, pos = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
+    p, lp = ids.shape
+    t = tokens.shape[1]
+    x_prompt = jnp.repeat(model.embed(ids, mask, prompt["pixel_values"], prompt["vision"]), g, axis=0)
+    x = jnp.concatenate([x_prompt, model.text.embed(tokens, model.dtype)], axis=1)
+    start = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [P]
+    comp_pos = jnp.broadcast_to((start[:, None] + jnp.arange(t)[None])[None], (3, p, t))
+    positions = jnp.repeat(jnp.concatenate([pos, comp_pos], axis=2), g, axis=1)
+    full_mask = jnp.concatenate([jnp.repeat(mask, g, axis=0), jnp.ones((p * g, t), mask.dtype)], axis=1)
+    hidden, _ = model.text(x, positions, full_mask)
+    logits = model.text.logits(hidden[:, lp - 1: lp + t - 1]) / temperature  # position i predicts token i + 1
+    picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConfig):
+    """The jitted step `step(state, ref_params, table, batch) -> (state, metrics)`.
+
+    state: an `RLTrainState` (raw key data); ref_params: the frozen reference policy's parameters
+    (ignored with beta 0); table: `TokenBytes.table` [V, W] uint8; batch: prompt micro-batches [A, P, ...]
+    (`PROMPT_KEYS`). The state is donated.
+    """
+    g_cfg = cfg.grpo
+    G = g_cfg.num_generations
+    sampling = cfg.sampling
+    weights = dict(cfg.rewards)
+    options = {k: dict(v) for k, v in cfg.reward_options}
+    metric_weights = {**weights, **({"iou": 0.0} if "iou" not in weights else {})}  # IoU is always reported
+
+    def loss_fn(model, mb):
+        logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature)
+        old = mb["old_logp"] if g_cfg.num_iterations > 1 else jax.lax.stop_gradient(logp)
+        return grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg)
+
+    update = make_update(graphdef, tx, loss_fn, freeze_vision=cfg.freeze_vision)
+
+    def step(state: RLTrainState, ref_params, table, batch):
+        prompts = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
+        A, P = batch["input_ids"].shape[:2]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        keys = jax.random.split(key, A)
+
+        def rollout(args):
+            prompt, k = args
+            return generate_fn(graphdef, state.params, prompt, k, sampling, None, G)
+
+        tokens, lengths, sample_logp = jax.lax.map(rollout, (prompts, keys))  # [A, P * G, T], [A, P * G]
+        T = tokens.shape[-1]
+
+        gt = jnp.repeat(batch["gt_box_resized"], G, axis=1).reshape(-1, 4)
+        hw = jnp.repeat(batch["resized_hw"], G, axis=1).reshape(-1, 2)
+        terms, parsed = reward_terms(tokens.reshape(-1, T), lengths.reshape(-1), table, gt, hw, metric_weights, options)
+        reward = weighted_reward({k: terms[k] for k in weights}, weights).reshape(A * P, G)
+        advantages = group_advantages(reward, g_cfg.scale_rewards)
+        if cfg.coherence:
+            coh = coherence_weights(parsed["pred"].reshape(A * P, G, 4), parsed["has_box"].reshape(A * P, G),
+                                    batch["gt_box_resized"].reshape(-1, 4), batch["resized_hw"].reshape(-1, 2),
+                                    kind=cfg.coherence_kind, min_weight=cfg.coherence_min_weight)
+        else:
+            coh = jnp.ones((A * P,), jnp.float32)
+        advantages = advantages * coh[:, None] * batch["sample_valid"].reshape(-1, 1)
+
+        eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+        ended = jnp.any(jnp.isin(tokens, eos) & (jnp.arange(T) < lengths[..., None]), axis=-1)  # [A, P * G]
+        mask = (jnp.arange(T) < lengths[..., None]).astype(jnp.float32)
+        if g_cfg.mask_truncated_completions:
+            mask = mask * ended[..., None]
+
+        micro = {"prompt": prompts, "tokens": tokens, "mask": mask, "advantages": advantages.reshape(A, P * G)}
+        if g_cfg.num_iterations > 1 or g_cfg.beta > 0:
+            def forward(params, args):
+                prompt, toks = args
+                return completion_logprobs(nnx.merge(graphdef, params), prompt, toks, G, g_cfg.temperature)
+            if g_cfg.num_iterations > 1:
+                micro["old_logp"] = jax.lax.map(lambda a: forward(state.params, a), (prompts, tokens))
+            if g_cfg.beta > 0:
+                micro["ref_logp"] = jax.lax.map(lambda a: forward(ref_params, a), (prompts, tokens))
+
+        metrics, step0 = {}, state.step
+        for _ in range(g_cfg.num_iterations):
+            state, metrics = update(state, micro)
+        state = dataclasses.replace(state, step=step0 + 1)  # a GRPO step counts once, whatever its updates
+
+        has_box = parsed["has_box"]
+        iou = terms["iou"]
+        area = box_area(parsed["pred"], jnp) / jnp.maximum(hw[:, 0] * hw[:, 1], 1).astype(jnp.float32)
+        live = mask.sum()
+        spread = jnp.std(reward, axis=1, ddof=1)
+        metrics.update({f"reward/{k}": v.mean() for k, v in terms.items() if k in weights})
+        metrics.update({
+            "reward": reward.mean(),
+            "reward_std_in_group": spread.mean(),
+            "advantage_std": jnp.std(advantages),
+            "completion_length": lengths.mean().astype(jnp.float32),
+            "truncated": 1.0 - ended.mean(),
+            "parsable": has_box.mean(),
+            "format": parsed["format"].mean(),
+            "rollout_iou": iou.mean(),
+            "rollout_pr@0.5": (iou > 0.5).mean(),
+            "pred_box_area": jnp.sum(jnp.where(has_box, area, 0.0)) / jnp.maximum(has_box.sum(), 1),
+            "coherence_weight": coh.mean(),
+            "zero_variance_groups": (spread == 0).sum().astype(jnp.float32),
+            "sampler_logp": jnp.sum(sample_logp * mask) / jnp.maximum(live, 1.0),
+        })
+        return state, metrics
+
+    return jax.jit(step, donate_argnums=0)
+

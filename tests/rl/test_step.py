@@ -1,0 +1,92 @@
+"""The GRPO step in-process: teacher-forced log-probs equal the sampler's, a non-finite step is skipped with the
+state untouched, several iterations reuse one rollout batch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rsground_jax.data import load_split
+from rsground_jax.data.chat import DEFAULT_QUESTION, ChatTemplate
+from rsground_jax.data.pipeline import PipelineConfig, rl_pipeline
+from rsground_jax.data.synthetic import PRESETS, generate_dataset
+from rsground_jax.data.tokenizer import load_small_tokenizer, special_token_ids
+from rsground_jax.generate import Sampler, SamplingConfig
+from rsground_jax.models import ImageProcessor, Qwen25VL
+from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
+from rsground_jax.rl import GRPOConfig, TokenBytes
+from rsground_jax.rl.step import PROMPT_KEYS, GRPOStepConfig, completion_logprobs, make_grpo_step
+from rsground_jax.train import OptimConfig, make_optimizer, stack_micro_batches
+from rsground_jax.train.experiment import tiny_for
+from rsground_jax.train.step import RLTrainState
+
+G = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root / "d", 6, seed=5, config=PRESETS["tiny"])
+    tok = load_small_tokenizer()
+    model = Qwen25VL(tiny_for(tok, text_layers=1, vision_depth=1), rngs=nnx.Rngs(3))
+    pl = rl_pipeline(load_split(root / "d", "train"), tok, ImageProcessor(max_pixels=56 * 56),
+                     PipelineConfig(batch_size=2, seed=0, length_buckets=(96,)),
+                     template=ChatTemplate(system=None, question=DEFAULT_QUESTION))
+    batch = next(iter(pl))
+    nw, fs = static_vision_sizes(pl.plan.grid_thw, model.config.vision, 2, batch["pixel_values"].shape[0])
+    return tok, model, add_vision_inputs(batch, model.config.vision, num_windows=nw, frame_slots=fs)
+
+
+def test_teacher_forced_logprobs_equal_the_samplers(setup):
+    tok, model, batch = setup
+    sp = special_token_ids(tok)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, eos_ids=(sp.im_end,), pad_id=sp.pad)
+    tokens, lengths, sampled = Sampler(model).sample(batch, cfg, jax.random.key(7), num_generations=G)
+    prompt = {k: jax.tree.map(jnp.asarray, batch[k]) for k in ("input_ids", "attention_mask", "position_ids",
+                                                                "pixel_values", "vision")}
+    forced = np.asarray(nnx.jit(lambda m, p, t: completion_logprobs(m, p, t, G, 1.0))(model, prompt, jnp.asarray(tokens)))
+    live = np.arange(tokens.shape[1])[None] < lengths[:, None]
+    np.testing.assert_allclose(forced[live], sampled[live], rtol=1e-4, atol=1e-4)
+
+
+def _step(setup, rewards=(("format", 1.0), ("positional", 1.0)), eos_ids=None, **grpo):
+    tok, model, batch = setup
+    sp = special_token_ids(tok)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=10))
+    cfg = GRPOStepConfig(grpo=GRPOConfig(num_generations=G, max_new_tokens=8, **grpo), rewards=rewards,
+                         eos_ids=eos_ids or (sp.im_end,), pad_id=sp.pad)
+    state = RLTrainState.create(jax.tree.map(jnp.copy, params), tx, rng=jax.random.key_data(jax.random.key(0)))
+    table = jnp.asarray(TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).table)
+    return make_grpo_step(graphdef, tx, cfg), state, jax.tree.map(jnp.copy, params), table, \
+        stack_micro_batches([batch], PROMPT_KEYS)
+
+
+def test_iterations_reuse_one_rollout_batch_and_a_non_finite_step_is_skipped(setup, monkeypatch):
+    """num_iterations=2: the first update sees ratio 1 (old log-probs = the rollout policy's), the second a
+    moved policy against the same old log-probs, and the step counts once. A step whose loss is not finite
+    (a NaN pixel) keeps the state bit for bit and is counted. The reward is a term a user adds to the
+    registry (shorter answers score higher), which an untrained model's rollouts already vary in."""
+    from rsground_jax.rl import rewards
+
+    monkeypatch.setitem(rewards.REWARDS, "short", lambda x: -x.lengths.astype(jnp.float32) / 10)
+    # a third of the vocabulary ends a completion, so the random model's completions differ in length
+    step, state, ref, table, batch = _step(setup, rewards=(("short", 1.0), ("format", 1.0)),
+                                           eos_ids=tuple(range(0, 676, 3)), num_iterations=2)
+    state, m = step(state, ref, table, batch)
+    assert float(m["advantage_std"]) > 0 and np.isfinite(float(m["loss"])) and int(m["skipped"]) == 0
+    assert int(state.step) == 1  # one GRPO step, two updates in it
+    assert abs(float(m["ratio"]) - 1.0) > 1e-6  # the second update's policy moved away from the rollouts'
+    assert float(m["kl"]) > 0
+
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    bad = dict(batch, pixel_values=batch["pixel_values"].copy())
+    bad["pixel_values"][0, 0, 0] = np.nan
+    state, m = step(state, ref, table, bad)
+    assert int(m["skipped"]) == 1 and int(state.skipped_total) >= 1 and int(state.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, (state.params, state.opt_state)))
+    state, m = step(state, ref, table, batch)
+    assert int(m["skipped"]) == 0 and int(state.skipped_in_row) == 0
