@@ -382,7 +382,10 @@ def check_grpo_config(cfg: ml_collections.ConfigDict, source: str = "config") ->
     _check_fields(cfg.grpo, _GRPO_SETTINGS, source, "grpo.")
     if cfg.get("coherence") is not None:
         _check_fields(cfg.coherence, _COHERENCE_FIELDS, source, "coherence.")
-    g = grpo_settings(cfg)
+    try:
+        g = grpo_settings(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     if cfg.batch_size % g.num_generations:
         raise ConfigError(f"{source}: batch_size={cfg.batch_size} completions do not divide into groups of "
                           f"grpo.num_generations={g.num_generations}; use a multiple of {g.num_generations}")

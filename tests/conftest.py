@@ -18,3 +18,22 @@ def rng(request):
     seed = int(os.environ.get("RSGROUND_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
     print(f"[{request.node.name}] seed={seed}")
     return np.random.default_rng(seed)
+
+
+def pytest_testnodedown(node, error):
+    """pytest-xdist: add up the reliability cases each worker ran."""
+    from tests.reliability.conftest import CASES
+
+    for k, v in getattr(node, "workeroutput", {}).get("rsground_cases", {}).items():
+        CASES[k] += v
+
+
+def pytest_terminal_summary(terminalreporter):
+    from rsground_jax import runtime
+    from tests.reliability.conftest import CASES
+
+    if any(CASES.values()):
+        reexec = runtime.hugepage_env(dict(os.environ)) is not None
+        terminalreporter.write_line(
+            f"reliability: {CASES['refusals']} refusals and {CASES['faults']} faults ran through the installed "
+            f"rsground command ({'re-executing itself with huge pages' if reexec else 'without re-execution'} here)")

@@ -53,6 +53,11 @@ class GRPOConfig:
         need(self.temperature > 0, f"temperature={self.temperature!r}: must be > 0 for sampled rollouts")
         need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
              f"max_new_tokens={self.max_new_tokens!r}: must be a positive integer")
+        # Refilling dropped groups needs prompts beyond the step's batch; until the step over-samples, say so
+        # rather than train without it.
+        need(not self.dynamic_sampling, "dynamic_sampling=True is not available yet (the step does not over-sample "
+             "prompts to refill dropped groups); set it to False. Groups whose rewards are all equal get zero "
+             "advantages and are counted in the metric zero_variance_groups")
 
     @property
     def clip_high(self) -> float:

@@ -114,7 +114,8 @@ def test_sampled_token_is_jax_categorical_draw(rng):
 
 def test_shared_prefill_equals_separately_prefilled_copies(rng):
     """G completions per prompt from one prefill each are exactly the tokens of G separately prefilled copies
-    of each prompt, for the same key (greedy and sampled, with a stop token), and their log-probabilities."""
+    of each prompt, for the same key (sampled, with a stop token that ends one row early), and their
+    log-probabilities."""
     model = Qwen25VL(CFG, rngs=nnx.Rngs(int(rng.integers(2**31))))
     batch, pix = _prompts(rng, CFG, n=3)
     G = 4
@@ -130,8 +131,7 @@ def test_shared_prefill_equals_separately_prefilled_copies(rng):
     key = jax.random.key(int(rng.integers(2**31)))
     sampled = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=50)
     free = sampler.sample(copies, sampled, key)[0]
-    for cfg in (SamplingConfig(max_new_tokens=8), sampled,
-                SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=50, eos_ids=(int(free[1, 2]),), pad_id=299)):
+    for cfg in (SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=50, eos_ids=(int(free[1, 2]),), pad_id=299),):
         shared = sampler.sample(batch, cfg, key, num_generations=G)
         separate = sampler.sample(copies, cfg, key)
         np.testing.assert_array_equal(shared[0], separate[0], err_msg=str(cfg))

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsground_jax import runtime
 
 REPO = Path(__file__).resolve().parents[2]
 RSGROUND = Path(sys.executable).parent / "rsground"
@@ -219,9 +218,8 @@ def case(tmp_path, world):
     assert snapshot(world) == before, "a case changed the shared inputs"
 
 
-def pytest_terminal_summary(terminalreporter):
-    if any(CASES.values()):
-        reexec = runtime.hugepage_env(dict(os.environ)) is not None
-        terminalreporter.write_line(
-            f"reliability: {CASES['refusals']} refusals and {CASES['faults']} faults ran through the installed "
-            f"rsground command ({'re-executing itself with huge pages' if reexec else 'without re-execution'} here)")
+def pytest_sessionfinish(session):
+    """Under pytest-xdist each worker counts its own cases and hands them to the controller (tests/conftest.py
+    adds them up and prints the summary)."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["rsground_cases"] = dict(CASES)

@@ -97,6 +97,7 @@ def test_grpo_loss_equals_numpy(rng, kl, agg, eps_high, beta):
 
 def test_config_refusals():
     for bad in [dict(num_generations=1), dict(kl_estimator="k2"), dict(loss_agg_mode="sum"),
-                dict(scale_rewards="std"), dict(num_iterations=0), dict(temperature=0.0)]:
+                dict(scale_rewards="std"), dict(num_iterations=0), dict(temperature=0.0),
+                dict(dynamic_sampling=True)]:
         with pytest.raises(GRPOConfigError):
             GRPOConfig(**bad)
