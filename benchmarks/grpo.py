@@ -100,7 +100,7 @@ def bench_rewards(reps: int) -> None:
     xs, ys = np.sort(rng.uniform(0, 800, (n, 2)), 1), np.sort(rng.uniform(0, 800, (n, 2)), 1)
     gt = np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1).astype(np.float32)
     hw = np.full((n, 2), 812, np.int32)
-    table = jnp.asarray(TokenBytes.from_tokenizer(tok).table)
+    table = jax.tree.map(jnp.asarray, TokenBytes.from_tokenizer(tok).tables())
     fn = jax.jit(lambda t, L, g, h: reward_terms(t, L, table, g, h, {"format": 1.0, "iou": 1.0})[0])
     args = [jnp.asarray(x) for x in (tokens, lengths, gt, hw)]
     t = time.perf_counter()
@@ -188,7 +188,7 @@ def bench_step(name: str, reps: int) -> None:
                                                        pad_id=0))
     state = RLTrainState.create(jax.tree.map(jnp.copy, params), tx, rng=jax.random.key_data(jax.random.key(0)))
     ref_params = jax.tree.map(jnp.copy, params)
-    table = jnp.asarray(TokenBytes.from_tokenizer(tok, cfg.text.vocab_size).table)
+    table = jax.tree.map(jnp.asarray, TokenBytes.from_tokenizer(tok, cfg.text.vocab_size).tables())
     dev_batch = jax.tree.map(jnp.asarray, batch)
     t = time.perf_counter()
     state, m = step(state, ref_params, table, dev_batch)
@@ -226,7 +226,9 @@ def bench_step(name: str, reps: int) -> None:
             seq = policy.generate(input_ids=rep_ids, attention_mask=torch.ones_like(rep_ids), pixel_values=pixels,
                                   image_grid_thw=grid, mm_token_type_ids=(rep_ids == cfg.image_token_id).long(),
                                   do_sample=True, temperature=1.0, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW,
-                                  eos_token_id=None, pad_token_id=0)
+                                  eos_token_id=None, pad_token_id=0,
+                                  # an image token in a completion would make the teacher-forced pass expect an image
+                                  suppress_tokens=[cfg.image_token_id, cfg.video_token_id])
         L = rep_ids.shape[1]
         texts = tok.batch_decode(seq[:, L:].tolist(), skip_special_tokens=True)
         fmt, acc = vlm_r1_rewards(texts, gt_rows)

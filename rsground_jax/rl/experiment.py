@@ -117,12 +117,12 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
         coherence=bool(coherence.enabled), coherence_kind=coherence.get("kind", "pairwise_iou"),
         coherence_min_weight=float(coherence.get("min_weight", 0.5)), eos_ids=(sp.im_end,), pad_id=sp.pad,
         freeze_vision=opt.freeze_vision)
-    table = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).table
+    tables = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables()
     loop = LoopConfig(total_steps=cfg.steps, accum_steps=cfg.get("accum_steps", 1), progress=progress,
                       **{k: cfg.get(k, d) for k, d in (("log_every", 10), ("checkpoint_every", 50),
                                                        ("keep_checkpoints", 3))})
     t0 = time.time()
-    res = run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, table, loop, os.path.join(cfg.workdir, STAGE),
+    res = run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, os.path.join(cfg.workdir, STAGE),
                    seed=cfg.seed, resume=resume, schedule=schedule(opt),
                    run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),

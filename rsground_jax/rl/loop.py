@@ -18,13 +18,13 @@ from .step import PROMPT_KEYS, GRPOStepConfig, make_grpo_step
 
 
 def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step_cfg: GRPOStepConfig,
-             table: np.ndarray, cfg: LoopConfig, workdir: str, *, seed: int, resume: bool = False,
+             tables: dict[str, np.ndarray], cfg: LoopConfig, workdir: str, *, seed: int, resume: bool = False,
              schedule: Callable[[int], float] | None = None, on_log: Callable[[dict], None] | None = None,
              run_info: dict | None = None) -> LoopResult:
     """Train `model` (NNX, updated in place at the end) with GRPO on the prompts of `pipeline` (an RL pipeline:
     left-padded prompts with their targets), `cfg.accum_steps` prompt micro-batches a step.
 
-    ref_params: the frozen reference policy's parameters (None with beta 0); table: `TokenBytes.table`;
+    ref_params: the frozen reference policy's parameters (None with beta 0); tables: `TokenBytes.tables()`;
     seed: the rollouts' base key (checkpointed with the state: a resumed run samples what the uninterrupted
     run sampled)."""
     graphdef, params = nnx.split(model, nnx.Param)
@@ -32,7 +32,7 @@ def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step
     step = make_grpo_step(graphdef, tx, step_cfg)
     data = PipelineData(pipeline)
     vcfg, grids, B = model.config.vision, pipeline.plan.grid_thw, pipeline.config.batch_size
-    table = jnp.asarray(table)
+    tables = jax.tree.map(jnp.asarray, tables)
 
     def next_inputs():
         micro, samples = [], 0
@@ -43,6 +43,6 @@ def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step
             samples += int(batch["sample_valid"].sum()) * step_cfg.grpo.num_generations
         return stack_micro_batches(micro, PROMPT_KEYS), samples
 
-    return run_loop(state, lambda s, batch: step(s, ref_params, table, batch), next_inputs, data, cfg, workdir,
+    return run_loop(state, lambda s, batch: step(s, ref_params, tables, batch), next_inputs, data, cfg, workdir,
                     resume=resume, name="grpo", schedule=schedule, on_log=on_log,
                     on_exit=lambda s: nnx.update(model, s.params), run_info=run_info, shown=("reward", "rollout_iou"))

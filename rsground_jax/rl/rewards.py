@@ -1,9 +1,9 @@
 """Rewards computed on device from generated token ids, vectorized over all completions of a step.
 
-`parse_completions` reads the answer grammar of `parse.py` straight from token ids: each token's reduced
-bytes (`parse.TokenBytes`) are gathered and packed into one byte stream per completion, tags are found by
-shifted comparisons, and the box content is read by a small finite automaton scanned over the bytes, which
-accumulates the four numbers as it goes. No detokenizing, no host round trip.
+`parse_completions` reads the answer grammar of `parse.py` straight from token ids, one token per step: the
+tag matcher and the box-content automaton are lifted from bytes to tokens on the host
+(`parse.TokenBytes.tables`), so the device does a few table lookups per token, not per byte. No
+detokenizing, no host round trip.
 
 Reward terms (`REWARDS`, by name; a config gives each a weight, `weighted_reward` sums them), all in the
 resized-pixel frame the model answers in, boxes clipped to the image first:
@@ -27,111 +27,139 @@ import numpy as np
 from ..eval.metrics import box_giou, box_iou
 from . import parse
 
-_PRE, _NUM_START, _INT, _DOT, _FRAC, _AFTER, _DONE, _FAIL = range(8)
-# byte classes the automaton reads
-_WS, _DIGIT, _POINT, _COMMA_NEXT, _COMMA_LAST, _CLOSE_LAST, _CLOSE_EARLY, _OPEN, _OTHER = range(9)
+_TAG = {tag: i for i, tag in enumerate(parse.TAGS)}
+_PHASE = {name: i for i, name in enumerate(parse.BOX_PHASES)}
 
 
-def _transitions() -> np.ndarray:
-    """[state, class] -> next state of the box-content automaton (see `parse._BOX`)."""
-    t = np.full((8, 9), _FAIL, np.int32)
-    t[_PRE, _WS], t[_PRE, _OPEN] = _PRE, _NUM_START
-    t[_NUM_START, _WS], t[_NUM_START, _DIGIT] = _NUM_START, _INT
-    for s in (_INT, _FRAC, _AFTER):
-        t[s, _WS], t[s, _COMMA_NEXT], t[s, _CLOSE_LAST] = _AFTER, _NUM_START, _DONE
-    t[_INT, _DIGIT], t[_INT, _POINT] = _INT, _DOT
-    t[_DOT, _DIGIT] = _FRAC
-    t[_FRAC, _DIGIT] = _FRAC
-    t[_DONE, _WS] = _DONE
-    return t
+def _content_bytes(q, tables, tok, start, lo, hi):
+    """Run the box automaton over the bytes of one token per row ([N] ids starting at byte `start`) that lie in
+    [lo, hi): a token the answer content covers only in part (it holds a tag's edge, so no digit)."""
+    data = tables["bytes"][tok].astype(jnp.int32)  # [N, W]
+    pos = start[:, None] + jnp.arange(data.shape[1])[None]
+    inside = (pos >= lo[:, None]) & (pos < hi[:, None]) & (data > 0)
+    flat = tables["box_bytes"].reshape(-1).astype(jnp.int32)  # one-index gathers: XLA:CPU's fast path
+    for j in range(data.shape[1]):
+        q = jnp.where(inside[:, j], flat[q * 256 + data[:, j]], q)
+    return q
 
 
-TRANSITIONS = _transitions()
+def _field(word, layout, name):
+    shift, bits = layout[name]
+    return ((word >> shift) & ((1 << bits) - 1)).astype(jnp.int32)
 
 
-def completion_bytes(tokens: jax.Array, lengths: jax.Array, table: jax.Array) -> jax.Array:
-    """tokens [N, T] int, lengths [N] (tokens past a row's length are ignored), table [V, W] uint8 ->
-    [N, T * W] uint8: each completion's reduced bytes packed to the left, 0 after them."""
-    n, t = tokens.shape
-    w = table.shape[1]
-    live = jnp.arange(t)[None, :] < lengths[:, None]
-    raw = jnp.where(live[..., None], table[jnp.clip(tokens, 0, table.shape[0] - 1)], 0).reshape(n, t * w)
-    keep = raw > 0
-    slot = jnp.where(keep, jnp.cumsum(keep, axis=1) - 1, t * w)  # dropped bytes go to a spare column
-    rows = jnp.broadcast_to(jnp.arange(n)[:, None], slot.shape)
-    return jnp.zeros((n, t * w + 1), jnp.uint8).at[rows, slot].set(raw)[:, :-1]
+_TOKEN = parse.unpack_offsets(parse.TOKEN_FIELDS)
+_TAG1 = parse.unpack_offsets(parse.TAG_FIELDS)
+_TAG2 = parse.unpack_offsets(parse.TAG_FIELDS_2)
 
 
-def _matches(s: jax.Array, pattern: str) -> jax.Array:
-    """[N, C] bool: True at the positions where `pattern` starts."""
-    c = s.shape[1]
-    hit = jnp.ones(s.shape, bool)
-    for j, ch in enumerate(pattern.encode()):
-        shifted = jnp.pad(s[:, j:], ((0, 0), (0, min(j, c))))[:, :c]
-        hit &= shifted == ch
-    return hit
+def parse_completions(tokens: jax.Array, lengths: jax.Array, tables: dict) -> dict[str, jax.Array]:
+    """Answer boxes and the format check of completions, from token ids, stepping token by token.
 
+    tokens [N, T] int (ids past a row's length are ignored), lengths [N], tables: `TokenBytes.tables()` as
+    arrays. Returns box [N, 4] float32 (0 where there is none), has_box [N] bool and format [N] bool: on the
+    decoded text, `has_box` and `box` equal `parse.parse_box` (values to float32 precision) and `format`
+    equals `parse.format_ok`.
 
-def _last(mask: jax.Array) -> jax.Array:
-    return jnp.max(jnp.where(mask, jnp.arange(mask.shape[1]), -1), axis=1)
-
-
-def parse_completions(s: jax.Array) -> dict[str, jax.Array]:
-    """Answer boxes and the format check from packed bytes [N, C] (`completion_bytes`).
-
-    Returns box [N, 4] float32 (0 where there is none), has_box [N] bool and format [N] bool: on the same
-    text, `has_box` and `box` equal `parse.parse_box` (values to float32 precision) and `format` equals
-    `parse.format_ok`.
+    Bytes are counted in the reduced stream (`parse.reduce_bytes`), which preserves every tag and answer. A
+    scan over the tokens runs the tag matcher (one packed word per token and state gives its next state and
+    the tags completed inside the token, and where); the answer block is the last `</answer>` and the last
+    `<answer>` that ends before it; a second scan runs the box automaton over the whole tokens between them,
+    accumulating the digits, with the at most two tokens the content covers in part read byte by byte.
     """
-    n, c = s.shape
-    idx = jnp.arange(c)
-    close = _last(_matches(s, parse.CLOSE))
-    opens = _matches(s, parse.OPEN)
-    start = _last(opens & (idx[None] < close[:, None]))
-    block = (close >= 0) & (start >= 0)
-    active = block[:, None] & (idx[None] >= (start + len(parse.OPEN))[:, None]) & (idx[None] < close[:, None])
+    n, t = tokens.shape
+    vocab = tables["token_word"].shape[0]
+    live = jnp.arange(t)[None] < lengths[:, None]
+    tok = jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32)
+    word = tables["token_word"][tok]
+    size = jnp.where(live, _field(word, _TOKEN, "len"), 0)
+    start = jnp.cumsum(size, axis=1) - size  # [N, T] the token's first byte in the completion's stream
+    end = start + size
 
-    table = jnp.asarray(TRANSITIONS)
+    def tag_step(m, xs):
+        ids, on = xs
+        w = tables["tag_word"][ids, m]  # [N, 2]
+        return jnp.where(on, _field(w[:, 0], _TAG1, "next"), m), w
 
-    def step(carry, xs):
-        state, k, ints, fracs, scale = carry
-        byte, on = xs
-        digit = (byte >= ord("0")) & (byte <= ord("9"))
-        d = (byte.astype(jnp.int32) - ord("0")).astype(jnp.float32)
-        last = k == 3
-        cls = jnp.select(
-            [byte == parse.SPACE, digit, byte == ord("."), (byte == ord(",")) & ~last, byte == ord(","),
-             (byte == ord("]")) & last, byte == ord("]"), byte == ord("[")],
-            [_WS, _DIGIT, _POINT, _COMMA_NEXT, _COMMA_LAST, _CLOSE_LAST, _CLOSE_EARLY, _OPEN], _OTHER)
-        nxt = table[state, cls]
+    _, words = jax.lax.scan(tag_step, jnp.zeros((n,), jnp.int32), (tok.T, live.T))
+    w1 = jnp.where(live, words[..., 0].T, 0)
+    w2 = jnp.where(live, words[..., 1].T, 0)
+    none = jnp.int32(-1)
+
+    def at(w, layout, name):  # a tag's '>' as a stream position, -1 where the token completes none
+        off = _field(w, layout, name)
+        return jnp.where(off > 0, start + off - 1, none)
+
+    close_end = at(w1, _TAG1, "close_last").max(1)
+    close_start = close_end - (len(parse.CLOSE) - 1)
+    before = close_start[:, None]
+    opens = [at(w1, _TAG1, f) for f in ("open_first", "open_last")]
+    open_end = jnp.maximum(*[jnp.where(o < before, o, none).max(1) for o in opens])
+    block = (close_end >= 0) & (open_end >= 0)
+    lo, hi = open_end + 1, close_start  # the content's bytes [lo, hi)
+
+    whole = live & (size > 0) & (start >= lo[:, None]) & (end <= hi[:, None])
+    partial = live & (size > 0) & (start < hi[:, None]) & (end > lo[:, None]) & ~whole
+    head = partial & (start < lo[:, None])  # holds the '>' of <answer>
+    tail = partial & (end > hi[:, None])  # holds the '<' of </answer>
+    rows = jnp.arange(n)
+    head_i, tail_i = jnp.argmax(head, axis=1), jnp.argmax(tail, axis=1)
+    has_head, has_tail = head.any(1), tail.any(1)
+    q = jnp.full((n,), parse.box_state("pre"), jnp.int32)
+    q = jnp.where(has_head, _content_bytes(q, tables, tok[rows, head_i], start[rows, head_i], lo, hi), q)
+
+    digits = jnp.where(whole & (_field(word, _TOKEN, "is_digit") > 0), _field(word, _TOKEN, "digit"), -1)
+
+    def box_step(carry, xs):
+        q, ints, fracs, scale = carry
+        ids, on, d = xs
+        phase, k = q // 4, q % 4
+        digit = d >= 0
+        df = d.astype(jnp.float32)[:, None]
         which = jax.nn.one_hot(k, 4, dtype=bool)
-        new_number = on & (state == _NUM_START) & digit
-        ints = jnp.where(which & new_number[:, None], d[:, None], ints)
-        ints = jnp.where(which & (on & (state == _INT) & digit)[:, None], ints * 10 + d[:, None], ints)
-        in_frac = on & ((state == _DOT) | (state == _FRAC)) & digit
-        fracs = jnp.where(which & in_frac[:, None], fracs + d[:, None] * scale[:, None], fracs)
+        new_number = digit & (phase == _PHASE["num_start"])
+        in_int = digit & (phase == _PHASE["int"])
+        in_frac = digit & ((phase == _PHASE["dot"]) | (phase == _PHASE["frac"]))
+        ints = jnp.where(which & new_number[:, None], df, ints)
+        ints = jnp.where(which & in_int[:, None], ints * 10 + df, ints)
+        fracs = jnp.where(which & in_frac[:, None], fracs + df * scale[:, None], fracs)
         scale = jnp.where(new_number, 0.1, jnp.where(in_frac, scale * 0.1, scale))
-        k = jnp.where(on & (cls == _COMMA_NEXT) & (nxt == _NUM_START), k + 1, k)
-        return (jnp.where(on, nxt, state), k, ints, fracs, scale), None
+        q = jnp.where(on, tables["box_next"][ids, q].astype(jnp.int32), q)
+        return (q, ints, fracs, scale), None
 
     zeros4 = jnp.zeros((n, 4), jnp.float32)
-    init = (jnp.full((n,), _PRE, jnp.int32), jnp.zeros((n,), jnp.int32), zeros4, zeros4, jnp.full((n,), 0.1))
-    (state, _, ints, fracs, _), _ = jax.lax.scan(step, init, (s.T, active.T), unroll=8)
-    has_box = block & (state == _DONE)
+    (q, ints, fracs, _), _ = jax.lax.scan(box_step, (q, zeros4, zeros4, jnp.full((n,), 0.1)),
+                                          (tok.T, whole.T, digits.T))
+    separate_tail = has_tail & ~(has_head & (tail_i == head_i))
+    q = jnp.where(separate_tail, _content_bytes(q, tables, tok[rows, tail_i], start[rows, tail_i], lo, hi), q)
+    has_box = block & (q == parse.box_state("done", 3))
     box = jnp.where(has_box[:, None], ints + fracs, 0.0)
 
-    # format: one of each tag, <think> first, </answer> last, only whitespace between </think> and <answer>
-    text = s > 0
-    solid = text & (s != parse.SPACE)
-    first = jnp.argmax(solid, axis=1)
-    last_solid = _last(solid)
-    think_open, think_close = _matches(s, parse.THINK_OPEN), _matches(s, parse.THINK_CLOSE)
-    ones = [m.sum(1) == 1 for m in (think_open, think_close, opens, _matches(s, parse.CLOSE))]
-    tc = _last(think_close)
-    between = (idx[None] >= (tc + len(parse.THINK_CLOSE))[:, None]) & (idx[None] < start[:, None])
-    fmt = (ones[0] & ones[1] & ones[2] & ones[3] & (_last(think_open) == first)
-           & (close + len(parse.CLOSE) - 1 == last_solid) & (tc < start) & ~jnp.any(between & solid, axis=1)
-           & has_box)
+    # format: one tag of each kind, <think> first, </answer> last, only whitespace between </think> and <answer>
+    counts = [_field(w1, _TAG1, "open_count"), _field(w1, _TAG1, "close_count"),
+              _field(w1, _TAG1, "think_open_count"), _field(w2, _TAG2, "think_close_count")]
+    once = jnp.all(jnp.stack([c.sum(1) for c in counts]) == 1, axis=0)
+    fs, ls = _field(word, _TOKEN, "first_solid"), _field(word, _TOKEN, "last_solid")
+    first_solid = jnp.where(live & (fs > 0), start + fs - 1, jnp.int32(2**30)).min(1)
+    last_solid = jnp.where(live & (ls > 0), start + ls - 1, none).max(1)
+    think_open_start = at(w1, _TAG1, "think_open_last").max(1) - (len(parse.THINK_OPEN) - 1)
+    think_close_end = at(w2, _TAG2, "think_close_last").max(1)
+    answer_open_start = opens[1].max(1) - (len(parse.OPEN) - 1)
+    a, b = think_close_end + 1, answer_open_start  # whitespace only in [a, b)
+    inside = live & (start >= a[:, None]) & (end <= b[:, None])
+    solid_between = jnp.where(inside, _field(word, _TOKEN, "solid"), 0).sum(1)
+    for edge in (a, b):  # the tokens the region covers in part, read from the prefix table
+        e = jnp.argmax(live & (start < edge[:, None]) & (end > edge[:, None]), axis=1)
+        s_e, n_e = start[rows, e], size[rows, e]
+        lo_e, hi_e = jnp.clip(a - s_e, 0, n_e), jnp.clip(b - s_e, 0, n_e)
+        cut = (start[rows, e] < edge) & (end[rows, e] > edge) & (hi_e > lo_e)
+        if edge is b:  # a token holding both edges is counted once
+            cut &= ~((s_e < a) & (s_e + n_e > a))
+        prefix = tables["nonws_prefix"][tok[rows, e]]
+        solid_between += jnp.where(cut, jnp.take_along_axis(prefix, hi_e[:, None], 1)[:, 0]
+                                   - jnp.take_along_axis(prefix, lo_e[:, None], 1)[:, 0], 0).astype(jnp.int32)
+    fmt = (once & (think_open_start == first_solid) & (close_end == last_solid) & (think_close_end < answer_open_start)
+           & (solid_between == 0) & has_box)
     return {"box": box, "has_box": has_box, "format": fmt}
 
 
@@ -226,11 +254,11 @@ def check_reward_weights(weights: dict, options: dict | None = None) -> None:
             raise RewardConfigError(f"reward weight {name}={w!r} must be a finite number")
 
 
-def reward_terms(tokens, lengths, table, gt, image_hw, weights: dict, options: dict | None = None):
-    """All reward terms of a batch of completions: (terms {name: [N]}, parsed {box, has_box, format}).
+def reward_terms(tokens, lengths, tables, gt, image_hw, weights: dict, options: dict | None = None):
+    """All reward terms of a batch of completions: (terms {name: [N]}, parsed {box, has_box, format, pred}).
 
-    tokens [N, T], lengths [N], table: `TokenBytes.table` as an array, gt [N, 4], image_hw [N, 2]."""
-    parsed = parse_completions(completion_bytes(tokens, lengths, table))
+    tokens [N, T], lengths [N], tables: `TokenBytes.tables()` as arrays, gt [N, 4], image_hw [N, 2]."""
+    parsed = parse_completions(tokens, lengths, tables)
     x = RewardInputs(pred=clip_to_image(parsed["box"], image_hw), has_box=parsed["has_box"], format=parsed["format"],
                      gt=gt.astype(jnp.float32), image_hw=image_hw, lengths=lengths)
     options = options or {}

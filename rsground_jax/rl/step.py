@@ -5,8 +5,8 @@
     rewards       parsed from the token ids on device (`rewards.reward_terms`), weighted and summed
     advantages    group-relative (`grpo.group_advantages`), optionally scaled per group by the coherence hook
     log-probs     of the completions under the current policy (the old log-probs) and the frozen reference
-                  policy, teacher-forced; the prompt and its image are embedded once per prompt and the
-                  embeddings repeated to its G rows
+                  policy, teacher-forced; each prompt and its image run through the model once, their keys and
+                  values shared by the prompt's G completions (`completion_logprobs`)
     update        `train.make_update` with the GRPO loss, `num_iterations` times on the same rollouts with the
                   old log-probs fixed
 
@@ -26,6 +26,7 @@ from flax import nnx
 
 from ..eval.metrics import box_area
 from ..generate.sampler import SamplingConfig, generate_fn
+from ..models.qwen2_5_vl.text import KVCache
 from ..train.step import RLTrainState, make_update
 from .grpo import GRPOConfig, group_advantages, grpo_loss_terms
 from .rewards import coherence_weights, reward_terms, weighted_reward
@@ -60,28 +61,35 @@ class GRPOStepConfig:
 def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations: int, temperature: float):
     """Teacher-forced log-probabilities [P * G, T] of completions `tokens` [P * G, T] (row p * G + g follows
     prompt p) under `model`, at the sampling temperature (without top-k/top-p: the policy's own distribution).
-    The prompt batch (left-padded, [P, L]) is embedded once, image included, and repeated to the G rows."""
+
+    The prompt (left-padded, [P, L], image included) runs through the decoder once per prompt, writing its keys
+    and values to a cache, as the sampler's prefill does; the cache is repeated to the G rows and the
+    completions run against it. Causal attention makes this exact (a prompt token never sees a completion),
+    and the prompt's share of the compute, forward and backward, falls G-fold: with a 900-token image prompt
+    and 256-token completions that is most of the step.
+    """
     g = num_generations
     ids, mask, pos = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
     p, lp = ids.shape
     t = tokens.shape[1]
-    x_prompt = jnp.repeat(model.embed(ids, mask, prompt["pixel_values"], prompt["vision"]), g, axis=0)
-    x = jnp.concatenate([x_prompt, model.text.embed(tokens, model.dtype)], axis=1)
+    cache = KVCache.init(model.config.text, p, lp + t, model.dtype)
+    first, cache = model.forward(ids, mask, pos, prompt["pixel_values"], prompt["vision"], cache=cache, cache_index=0,
+                                 logits_slice=slice(-1, None))  # [P, 1, V]: the first completion token's
+    cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1), jnp.repeat(cache.valid, g, axis=0))
     start = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [P]
-    comp_pos = jnp.broadcast_to((start[:, None] + jnp.arange(t)[None])[None], (3, p, t))
-    positions = jnp.repeat(jnp.concatenate([pos, comp_pos], axis=2), g, axis=1)
-    full_mask = jnp.concatenate([jnp.repeat(mask, g, axis=0), jnp.ones((p * g, t), mask.dtype)], axis=1)
-    hidden, _ = model.text(x, positions, full_mask)
-    logits = model.text.logits(hidden[:, lp - 1: lp + t - 1]) / temperature  # position i predicts token i + 1
+    comp_pos = jnp.repeat(jnp.broadcast_to((start[:, None] + jnp.arange(t)[None])[None], (3, p, t)), g, axis=1)
+    x = model.text.embed(tokens[:, :-1], model.dtype)
+    hidden, _ = model.text(x, comp_pos[:, :, :-1], jnp.ones((p * g, t - 1), mask.dtype), cache=cache, cache_index=lp)
+    logits = jnp.concatenate([jnp.repeat(first, g, axis=0), model.text.logits(hidden)], axis=1) / temperature
     picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConfig):
-    """The jitted step `step(state, ref_params, table, batch) -> (state, metrics)`.
+    """The jitted step `step(state, ref_params, tables, batch) -> (state, metrics)`.
 
     state: an `RLTrainState` (raw key data); ref_params: the frozen reference policy's parameters
-    (ignored with beta 0); table: `TokenBytes.table` [V, W] uint8; batch: prompt micro-batches [A, P, ...]
+    (ignored with beta 0); tables: `TokenBytes.tables()` as arrays; batch: prompt micro-batches [A, P, ...]
     (`PROMPT_KEYS`). The state is donated.
     """
     g_cfg = cfg.grpo
@@ -98,7 +106,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
 
     update = make_update(graphdef, tx, loss_fn, freeze_vision=cfg.freeze_vision)
 
-    def step(state: RLTrainState, ref_params, table, batch):
+    def step(state: RLTrainState, ref_params, tables, batch):
         prompts = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
         A, P = batch["input_ids"].shape[:2]
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -113,7 +121,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
 
         gt = jnp.repeat(batch["gt_box_resized"], G, axis=1).reshape(-1, 4)
         hw = jnp.repeat(batch["resized_hw"], G, axis=1).reshape(-1, 2)
-        terms, parsed = reward_terms(tokens.reshape(-1, T), lengths.reshape(-1), table, gt, hw, metric_weights, options)
+        terms, parsed = reward_terms(tokens.reshape(-1, T), lengths.reshape(-1), tables, gt, hw, metric_weights, options)
         reward = weighted_reward({k: terms[k] for k in weights}, weights).reshape(A * P, G)
         advantages = group_advantages(reward, g_cfg.scale_rewards)
         if cfg.coherence:

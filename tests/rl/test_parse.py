@@ -11,7 +11,7 @@ import pytest
 from rsground_jax.data.tokenizer import load_qwen_tokenizer, load_small_tokenizer
 from rsground_jax.rl import format_ok, parse_box
 from rsground_jax.rl.parse import TokenBytes, reduce_bytes
-from rsground_jax.rl.rewards import completion_bytes, parse_completions
+from rsground_jax.rl.rewards import parse_completions
 
 WS = [" ", "", "", "  ", "\n", "\t", " \n ", "\r\n"]
 
@@ -79,8 +79,8 @@ def _check(tokenizer, texts, rng):
             x = x + [eos]
         tokens[i, : len(x)] = x
         lengths[i] = len(x) if rng.random() > 0.1 else int(rng.integers(0, len(x) + 1))  # a truncated completion
-    fn = jax.jit(lambda t, n, tab: parse_completions(completion_bytes(t, n, tab)))
-    out = jax.device_get(fn(jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(tb.table)))
+    fn = jax.jit(parse_completions)
+    out = jax.device_get(fn(jnp.asarray(tokens), jnp.asarray(lengths), jax.tree.map(jnp.asarray, tb.tables())))
     found = formatted = 0
     for i in range(len(ids)):
         text = tokenizer.decode(tokens[i, : lengths[i]], skip_special_tokens=True)

@@ -60,7 +60,7 @@ def _step(setup, rewards=(("format", 1.0), ("positional", 1.0)), eos_ids=None, *
     cfg = GRPOStepConfig(grpo=GRPOConfig(num_generations=G, max_new_tokens=8, **grpo), rewards=rewards,
                          eos_ids=eos_ids or (sp.im_end,), pad_id=sp.pad)
     state = RLTrainState.create(jax.tree.map(jnp.copy, params), tx, rng=jax.random.key_data(jax.random.key(0)))
-    table = jnp.asarray(TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).table)
+    table = jax.tree.map(jnp.asarray, TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables())
     return make_grpo_step(graphdef, tx, cfg), state, jax.tree.map(jnp.copy, params), table, \
         stack_micro_batches([batch], PROMPT_KEYS)
 
