@@ -229,9 +229,12 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
         train, val = stage_records(cfg, i)
         if st.get("task", "sft") == "vision":
             row = vision_stage(st, model, train, proc, os.path.join(cfg.workdir, st.name), resume=resume,
-                               seed=int(st.get("seed", cfg.seed + i)))
+                               seed=int(st.get("seed", cfg.seed + i)), progress=progress)
             report["stages"].append(row)
             print(json.dumps(row), flush=True)
+            if row.get("preempted"):
+                report["preempted"] = True
+                return report
             continue
         buckets = tuple(st.get("length_buckets", None) or (cfg.length_bucket,))
         pl = sft_pipeline(train, tok, proc, PipelineConfig(
@@ -309,10 +312,11 @@ def _steps_left(cfg) -> str:
 TOWER_FILE = "vision_tower.npz"
 
 
-def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: int) -> dict:
+def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: int, progress: bool = False) -> dict:
     """A `task="vision"` stage: dense pretraining of the vision tower on the stage's training scenes
-    (`vision_pretrain`), the tower saved to `<workdir>/vision_tower.npz`; with `resume`, a saved tower is
-    loaded instead of training again. Stage fields: steps, batch_size (images), lr, warmup_steps,
+    (`vision_pretrain`, on the shared loop: checkpoints under `<workdir>/checkpoints`, a stopped stage resumes
+    where it stopped), the finished tower saved to `<workdir>/vision_tower.npz`; with `resume`, a saved tower
+    is loaded instead of training again. Stage fields: steps, batch_size (images), lr, warmup_steps,
     end_lr_fraction, box_weight."""
     path = os.path.join(workdir, TOWER_FILE)
     if os.path.isfile(path):
@@ -329,12 +333,14 @@ def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: in
                 if st.get(f) is not None}
     vcfg = dataclasses.replace(base, steps=st.steps, batch_size=st.batch_size, lr=st.lr, seed=seed, **optional)
     ts = time.time()
-    rep = pretrain_vision(model, scenes, proc, categories, vcfg, log=log.info)
-    os.makedirs(workdir, exist_ok=True)
-    save_tower(model, path)
-    return {"stage": st.name, "task": "vision", "steps": st.steps, "seconds": round(time.time() - ts, 1),
-            "final_loss": rep["history"][-1]["loss"] if rep["history"] else None, "val": rep["val"],
-            "images": rep["train_images"], "categories": rep["categories"]}
+    rep = pretrain_vision(model, scenes, proc, categories, vcfg, log=log.info, workdir=workdir, resume=resume,
+                          progress=progress)
+    row = {"stage": st.name, "task": "vision", "steps": st.steps, "seconds": round(time.time() - ts, 1),
+           "final_loss": rep["history"][-1]["loss"] if rep["history"] else None, "val": rep["val"],
+           "images": rep["train_images"], "categories": rep["categories"], "preempted": rep["preempted"]}
+    if not rep["preempted"]:
+        save_tower(model, path)
+    return row
 
 
 def _tower_arrays(model) -> dict:

@@ -13,14 +13,16 @@ image's annotated objects in the processor's resized frame (`token_targets`):
   * the box of that object, divided by the resized width and height (values in [0, 1]).
 A linear head maps the tower's merged embedding [T, out_hidden] to class logits [T, K + 1] and, through a
 sigmoid, to the box [T, 4]. Loss: the mean cross-entropy over all tokens plus `box_weight` times the mean
-L1 box error over object tokens. The head is thrown away afterwards; only the tower is kept. A step whose
-loss or gradient is not finite keeps the old parameters and is counted; more than a tenth of the steps so
-far, checked when logging, stops the run with a clear error.
+L1 box error over object tokens. The head is thrown away afterwards; only the tower is kept. Training runs on
+the shared step builder and loop: a step whose loss or gradient is not finite keeps the old parameters and is
+counted, and a run of such steps stops with `NonFiniteLossError`, as in SFT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import tempfile
 import time
 from typing import Sequence
 
@@ -36,8 +38,8 @@ from ..data.records import GroundingRecord
 from ..errors import UserError
 from ..models.processor import ImageProcessor
 from ..models.qwen2_5_vl.inputs import vision_inputs
-from .optim import OptimConfig, make_optimizer
-from .step import keep_if_finite
+from .optim import OptimConfig, make_optimizer, schedule
+from .step import TrainState, make_train_step
 
 
 class VisionDataError(UserError, ValueError):
@@ -129,11 +131,55 @@ def dense_loss(logits, pred_boxes, classes, boxes, box_weight: float):
     return ce + box_weight * l1, (ce, l1)
 
 
+class _TowerWithHead(nnx.Module):
+    """The vision tower and the linear head of the dense targets, as one module for the shared train step (the
+    tower is the model's own, so training this module trains the model's tower in place)."""
+
+    def __init__(self, tower, num_classes: int, seed: int):
+        d = tower.cfg.out_hidden_size
+        k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+        self.tower = tower
+        self.cls_dk = nnx.Param(jax.random.normal(k1, (d, num_classes)) * d**-0.5)
+        self.cls_bias_k = nnx.Param(jnp.zeros(num_classes))
+        self.box_d4 = nnx.Param(jax.random.normal(k2, (d, 4)) * d**-0.5 * 0.1)
+        self.box_bias_4 = nnx.Param(jnp.zeros(4))
+
+    def __call__(self, pixel_values, vision):
+        """pixel_values [B, P, patch_dim] -> class logits [B, T, K + 1], boxes [B, T, 4] in [0, 1]."""
+        b = pixel_values.shape[0]
+        f = self.tower(pixel_values.reshape(-1, pixel_values.shape[-1]), vision).reshape(b, -1, self.cls_dk.shape[0])
+        return f @ self.cls_dk[...] + self.cls_bias_k[...], jax.nn.sigmoid(f @ self.box_d4[...] + self.box_bias_4[...])
+
+
+class SceneBatches:
+    """Random batches of training images (indices drawn without replacement within a batch), as a loop's data:
+    its position is the generator's state, saved with each checkpoint."""
+
+    def __init__(self, arrays: dict, train_idx: np.ndarray, batch_size: int, seed: int, vision: dict):
+        self.arrays, self.train_idx, self.batch_size, self.vision = arrays, train_idx, batch_size, vision
+        self.rng = np.random.default_rng([seed, 2])
+
+    def __next__(self) -> dict:
+        idx = self.rng.choice(self.train_idx, self.batch_size, replace=False)
+        return {**{k: v[idx][None] for k, v in self.arrays.items()}, "vision": self.vision}
+
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, payload: dict, source: str) -> None:
+        self.rng.bit_generator.state = payload["bit_generator"]
+
+
 def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, categories: Sequence[str],
-                    config: VisionPretrainConfig = VisionPretrainConfig(), *, log=print) -> dict:
-    """Train `model.vision` in place on the dense targets of `scenes`; returns a report with the training
-    history and the held-out accuracy (category of object tokens, background tokens, box L1 in resized pixels).
+                    config: VisionPretrainConfig = VisionPretrainConfig(), *, log=print, workdir: str | None = None,
+                    resume: bool = False, progress: bool = False) -> dict:
+    """Train `model.vision` in place on the dense targets of `scenes` with the shared step builder and loop
+    (`make_train_step`, `run_loop`: checkpoints under `workdir`, exact resume, SIGTERM, the non-finite skip
+    policy; without a `workdir` a temporary one). Returns a report with the training history, the held-out
+    accuracy (category of object tokens, background tokens, box L1 in resized pixels) and `preempted`.
     """
+    from .loop import LoopConfig, run_loop  # the loop imports this package's step module
+
     categories = tuple(categories)
     if len(scenes) < 2:
         raise VisionDataError(f"vision pretraining needs at least 2 images, got {len(scenes)}")
@@ -144,42 +190,42 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
     B = config.batch_size
     if len(train_idx) < B:
         raise VisionDataError(f"vision pretraining: {len(train_idx)} training images, fewer than batch_size {B}")
-    P, T = pix.shape[1], cls.shape[1]
-    vcfg = model.config.vision
+    P = pix.shape[1]
     grid = np.tile(np.asarray(processor.grid_thw(scenes[0].height, scenes[0].width))[None], (B, 1))
-    vis = jax.tree.map(jnp.asarray, vision_inputs(grid, vcfg, num_patches=B * P).arrays())
-    graphdef, tower = nnx.split(model.vision, nnx.Param)
-    d = vcfg.out_hidden_size
-    k1, k2 = jax.random.split(jax.random.PRNGKey(config.seed))
-    head = {"cls_dk": jax.random.normal(k1, (d, len(categories) + 1)) * d**-0.5,
-            "cls_bias_k": jnp.zeros(len(categories) + 1),
-            "box_d4": jax.random.normal(k2, (d, 4)) * d**-0.5 * 0.1,
-            "box_bias_4": jnp.zeros(4)}
-    tx = make_optimizer(OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps,
-                                    end_lr_fraction=config.end_lr_fraction, clip_norm=config.clip_norm))
+    vis = vision_inputs(grid, model.config.vision, num_patches=B * P).arrays()
+    net = _TowerWithHead(model.vision, len(categories) + 1, config.seed)
+    graphdef, params = nnx.split(net, nnx.Param)
+    opt = OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, total_steps=max(config.steps, 1),
+                      end_lr_fraction=config.end_lr_fraction, clip_norm=config.clip_norm)
+    tx = make_optimizer(opt)
 
-    def forward(params, pv):
-        tw, hd = params
-        f = nnx.merge(graphdef, tw)(pv.reshape(B * P, -1), vis).reshape(B, T, d)
-        return f @ hd["cls_dk"] + hd["cls_bias_k"], jax.nn.sigmoid(f @ hd["box_d4"] + hd["box_bias_4"])
+    def loss_fn(m, mb):
+        logits, pred = m(mb["pixel_values"], mb["vision"])
+        loss, (ce, l1) = dense_loss(logits, pred, mb["classes"], mb["boxes"], config.box_weight)
+        one = jnp.ones(())
+        return loss, one, {"ce": (ce, one), "box_l1": (l1, one)}
 
-    def step(params, opt_state, skipped, pv, c, b):
-        def loss_fn(p):
-            logits, pb = forward(p, pv)
-            return dense_loss(logits, pb, c, b, config.box_weight)
-        (loss, (ce, l1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        # a non-finite loss or gradient keeps the old parameters and moments (counted, checked when logging)
-        (params, opt_state), ok = keep_if_finite(loss, optax.tree.norm(grads),
-                                                 (optax.apply_updates(params, updates), new_opt), (params, opt_state))
-        return params, opt_state, skipped + (~ok).astype(jnp.int32), {"loss": loss, "ce": ce, "box_l1": l1}
+    history, preempted = [], False
+    if config.steps > 0:
+        data = SceneBatches({"pixel_values": pix, "classes": cls, "boxes": box}, train_idx, B, config.seed,
+                            {k: v[None] for k, v in vis.items()})
+        loop = LoopConfig(total_steps=config.steps, log_every=config.log_every, progress=progress,
+                          checkpoint_every=max(config.steps // 4, 1), keep_checkpoints=1)
+        t0 = time.time()
 
-    step = jax.jit(step, donate_argnums=(0, 1, 2))
-    predict = jax.jit(forward)
-    params = (tower, head)
-    opt_state = tx.init(params)
+        def on_log(row):
+            log(f"vision pretraining {dict(row, seconds=round(time.time() - t0, 1))}")
 
-    def held_out(params) -> dict:
+        with contextlib.ExitStack() as stack:
+            folder = workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="rsground_vision_"))
+            res = run_loop(TrainState.create(params, tx), make_train_step(graphdef, tx, loss_fn),
+                           lambda: (next(data), B), data, loop, folder, resume=resume, name="vision",
+                           schedule=schedule(opt), on_log=on_log, on_exit=lambda st: nnx.update(net, st.params))
+        history, preempted = res.history, res.preempted
+
+    predict = nnx.jit(lambda m, pv: m(pv, vis))
+
+    def held_out() -> dict:
         if not n_val:
             return {}
         hit_obj = n_obj = hit_bg = n_bg = 0
@@ -189,7 +235,7 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
         for i in range(0, n_val, B):
             idx = val_idx[i:i + B]
             pad = np.concatenate([idx, np.repeat(idx[:1], B - len(idx))])  # the jitted batch is B images
-            logits, pb = predict(params, jnp.asarray(pix[pad]))
+            logits, pb = predict(net, jnp.asarray(pix[pad]))
             pred = np.asarray(logits)[: len(idx)].argmax(-1)
             c = cls[idx]
             obj = c != len(categories)
@@ -202,20 +248,5 @@ def pretrain_vision(model, scenes: Sequence[Scene], processor: ImageProcessor, c
                 "background_token_accuracy": hit_bg / max(n_bg, 1),
                 "box_l1_resized_px": l1 / max(n_obj, 1), "val_images": int(n_val)}
 
-    rng = np.random.default_rng([config.seed, 2])
-    history, t0, skipped = [], time.time(), jnp.zeros((), jnp.int32)
-    for s in range(config.steps):
-        idx = rng.choice(train_idx, B, replace=False)
-        batch = (jnp.asarray(pix[idx]), jnp.asarray(cls[idx]), jnp.asarray(box[idx]))
-        params, opt_state, skipped, m = step(params, opt_state, skipped, *batch)
-        if (s + 1) % config.log_every == 0 or s + 1 == config.steps:
-            row = {"step": s + 1, **{k: float(v) for k, v in m.items()}, "skipped_total": int(skipped),
-                   "seconds": round(time.time() - t0, 1)}
-            if row["skipped_total"] > (s + 1) // 10:
-                raise FloatingPointError(f"vision pretraining: {row['skipped_total']} of {s + 1} steps had a "
-                                         f"non-finite loss or gradient and were skipped (lower lr?): {row}")
-            history.append(row)
-            log(f"vision pretraining {row}")
-    nnx.update(model.vision, params[0])
-    return {"history": history, "val": held_out(params), "train_images": int(len(train_idx)),
-            "categories": list(categories)}
+    return {"history": history, "val": held_out(), "train_images": int(len(train_idx)),
+            "categories": list(categories), "preempted": preempted}
