@@ -75,7 +75,7 @@ def bench_rewards(reps: int) -> None:
     import jax.numpy as jnp
 
     from rsground_jax.data.tokenizer import load_qwen_tokenizer
-    from rsground_jax.rl.parse import TokenBytes
+    from rsground_jax.data.answers import TokenBytes
     from rsground_jax.rl.rewards import reward_terms
 
     tok = load_qwen_tokenizer()

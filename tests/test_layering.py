@@ -19,7 +19,7 @@ def test_data_and_host_inputs_import_no_jax():
     loaded = _modules_after([
         "rsground_jax.data", "rsground_jax.data.synthetic", "rsground_jax.data.expressions", "rsground_jax.data.cot",
         "rsground_jax.data.chat", "rsground_jax.data.tokenizer", "rsground_jax.data.images",
-        "rsground_jax.data.boxes", "rsground_jax.models.qwen2_5_vl.inputs", "rsground_jax.rl.parse"])
+        "rsground_jax.data.boxes", "rsground_jax.models.qwen2_5_vl.inputs", "rsground_jax.data.answers"])
     assert not {m for m in loaded if m == "jax" or m.startswith(("jax.", "flax"))}
 
 

@@ -99,7 +99,6 @@ _KEYWORD_REGIONS = [
 ]
 # The reasoning, then the box on a line of its own (see the module docstring for why the newlines).
 ANSWER_LAYOUT = "<think>{think}</think>\n<answer>\n{box}\n</answer>"
-_ANSWER = re.compile(r"<answer>\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]\s*</answer>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +117,6 @@ def display_name(category: str | None) -> str:
 
 def plural(noun: str) -> str:
     return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
-
-
-def parse_answer_box(text: str) -> tuple[float, float, float, float] | None:
-    """The box of the last `<answer>[x1, y1, x2, y2]</answer>` in a text, or None."""
-    found = _ANSWER.findall(text)
-    return tuple(float(v) for v in found[-1]) if found else None
 
 
 def keyword_region(expression: str) -> str | None:

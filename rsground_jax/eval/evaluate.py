@@ -1,7 +1,8 @@
 """Evaluation over a split: batched greedy generation, answer parsing, rescaling to original pixels, metrics.
 
-Predictions are parsed from the generated text: the box of the last `<answer>[x1, y1, x2, y2]</answer>`, or,
-for a model that answers with a bare box (the base model), the first `[x1, y1, x2, y2]`. The box is in the
+Predictions are parsed from the generated text: the box of the last answer block (`data.answers.parse_box`,
+the parser the GRPO rewards reproduce on device), or, for a text without `<answer>` (the base model answers
+with a bare box), the first `[x1, y1, x2, y2]`. The box is in the
 resized frame the model sees and is mapped back to original pixels (`data.boxes.resized_to_original`)
 before the RSVG metrics; a text with no box counts as IoU 0 and as unparsable.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..data import boxes as box_frames
 from ..data.chat import ChatTemplate
-from ..data.cot import parse_answer_box
+from ..data.answers import parse_box
 from ..data.pipeline import PipelineConfig, rl_pipeline
 from ..data.tokenizer import special_token_ids
 from ..generate import Sampler, SamplingConfig
@@ -26,10 +27,11 @@ _BARE_BOX = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-
 
 
 def parse_prediction(text: str) -> tuple[float, float, float, float] | None:
-    """Box from a model answer: `<answer>[...]</answer>` when present, else the first bare `[x1, y1, x2, y2]`."""
-    box = parse_answer_box(text)
-    if box is not None:
-        return box
+    """Box from a model answer: `parse_box` when the text has an `<answer>` (a malformed block is no box, as for
+    the rewards: a candidate box in the reasoning is not taken for the answer), else the first bare
+    `[x1, y1, x2, y2]` (a base model's plain answer)."""
+    if "<answer>" in text:
+        return parse_box(text)
     m = _BARE_BOX.search(text)
     return tuple(float(v) for v in m.groups()) if m else None
 

@@ -34,7 +34,7 @@ from ..train.loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError
 from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
 from .loop import run_grpo
-from .parse import TokenBytes
+from ..data.answers import TokenBytes
 from .step import GRPOStepConfig
 
 log = logging.getLogger(__name__)

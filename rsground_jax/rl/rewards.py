@@ -1,8 +1,8 @@
 """Rewards computed on device from generated token ids, vectorized over all completions of a step.
 
-`parse_completions` reads the answer grammar of `parse.py` straight from token ids, one token per step: the
+`parse_completions` reads the answer grammar of `data/answers.py` straight from token ids, one token per step: the
 tag matcher and the box-content automaton are lifted from bytes to tokens on the host
-(`parse.TokenBytes.tables`), so the device does a few table lookups per token, not per byte. No
+(`data.answers.TokenBytes.tables`), so the device does a few table lookups per token, not per byte. No
 detokenizing, no host round trip.
 
 Reward terms (`REWARDS`, by name; a config gives each a weight, `weighted_reward` sums them), all in the
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..eval.metrics import box_giou, box_iou
-from . import parse
+from ..data import answers as parse
 
 _TAG = {tag: i for i, tag in enumerate(parse.TAGS)}
 _PHASE = {name: i for i, name in enumerate(parse.BOX_PHASES)}

@@ -10,7 +10,8 @@ import pytest
 from rsground_jax.data import boxes as B
 from rsground_jax.data import cot as cot_module
 from rsground_jax.data import expressions as S
-from rsground_jax.data.cot import keyword_region, make_cot, parse_answer_box
+from rsground_jax.data.answers import parse_box as parse_answer_box
+from rsground_jax.data.cot import keyword_region, make_cot
 from rsground_jax.data.records import AnnotatedObject, GroundingRecord
 from rsground_jax.models.processor import ImageProcessor
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from rsground_jax.data import DataError, load_split
-from rsground_jax.data.cot import make_cot, parse_answer_box
+from rsground_jax.data.answers import parse_box as parse_answer_box
+from rsground_jax.data.cot import make_cot
 from rsground_jax.data.pipeline import PipelineConfig, rl_pipeline, sft_pipeline
 from rsground_jax.models.processor import ImageProcessor
 from rsground_jax.models.qwen2_5_vl.rope_index import get_rope_index

@@ -10,7 +10,7 @@ import pytest
 
 from rsground_jax.data.tokenizer import load_qwen_tokenizer, load_small_tokenizer
 from rsground_jax.rl import format_ok, parse_box
-from rsground_jax.rl.parse import TokenBytes, reduce_bytes
+from rsground_jax.data.answers import TokenBytes, reduce_bytes
 from rsground_jax.rl.rewards import parse_completions
 
 WS = [" ", "", "", "  ", "\n", "\t", " \n ", "\r\n"]

@@ -1,5 +1,6 @@
-"""The answer grammar on the host (numpy only): the reference box parser and format check, and the per-token
-byte table the on-device parser (`rewards.parse_completions`) reads.
+"""The answer grammar (numpy only): the reference box parser and format check that evaluation and the GRPO
+rewards share, and the per-token tables the on-device parser (`rl.rewards.parse_completions`) reads.
+`rsground_jax.rl.parse_box` and `rsground_jax.rl.format_ok` are these functions.
 
 Grammar (whitespace is ASCII: space, tab, newline, carriage return, vertical tab, form feed):
   * the answer block: the last `</answer>` of the text and the last `<answer>` before it; its content is
