@@ -201,6 +201,15 @@ def bench_step(name: str, reps: int) -> None:
         jax.block_until_ready(metrics)
 
     ours = _median_time(ours_once, reps)
+    # the rollouts alone, for where the time goes
+    from rsground_jax.generate.sampler import SamplingConfig, generate_fn
+
+    prompt = {k: dev_batch[k][0] if k != "vision" else jax.tree.map(lambda x: x[0], dev_batch[k])
+              for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
+    roll = jax.jit(lambda p, b, k: generate_fn(graphdef, p, b, k, SamplingConfig(max_new_tokens=NEW, temperature=1.0),
+                                               None, G))
+    jax.block_until_ready(roll(state.params, prompt, jax.random.key(1)))
+    ours_roll = _median_time(lambda: jax.block_until_ready(roll(state.params, prompt, jax.random.key(1))), reps)
 
     # transformers + PyTorch, on the same weights
     with tempfile.TemporaryDirectory() as d:
@@ -220,6 +229,14 @@ def bench_step(name: str, reps: int) -> None:
                   mm_token_type_ids=(seq == cfg.image_token_id).long())
         logits = out.logits[:, L - 1:-1].float()
         return torch.gather(torch.log_softmax(logits, -1), 2, seq[:, L:, None])[..., 0]
+
+    def reference_generate():
+        with torch.no_grad():
+            return policy.generate(input_ids=rep_ids, attention_mask=torch.ones_like(rep_ids), pixel_values=pixels,
+                                   image_grid_thw=grid, mm_token_type_ids=(rep_ids == cfg.image_token_id).long(),
+                                   do_sample=True, temperature=1.0, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW,
+                                   eos_token_id=None, pad_token_id=0,
+                                   suppress_tokens=[cfg.image_token_id, cfg.video_token_id])
 
     def reference_step():
         with torch.no_grad():
@@ -247,9 +264,11 @@ def bench_step(name: str, reps: int) -> None:
 
     reference_step()  # warm-up
     ref = _median_time(reference_step, reps)
+    ref_roll = _median_time(reference_generate, reps)
     print(f"step {name:>4s} ({count_params(cfg) / 1e6:.1f}M): {P} prompts x G={G}, {NEW} new tokens: ours "
           f"{ours:.2f} s (compile {compile_s:.0f} s), transformers generate + PyTorch loss {ref:.2f} s, "
-          f"ratio {ref / ours:.1f}x", flush=True)
+          f"ratio {ref / ours:.1f}x; of which rollouts: ours {ours_roll:.2f} s, generate {ref_roll:.2f} s "
+          f"({ref_roll / ours_roll:.1f}x)", flush=True)
 
 
 # ---------------------------------------------------------------------------------- shared prefill

@@ -16,10 +16,10 @@ def get_config():
     c.workdir = "runs/grpo_tiny"
     c.output = "runs/grpo_tiny/model"
     c.data = ml_collections.ConfigDict(dict(synth=dict(preset="demo"), num_images=2000, prompts=0))
-    c.steps = 200
+    c.steps = 300
     c.batch_size = 64  # completions per step: 8 prompts x 8 generations
     c.accum_steps = 1
-    c.lr = 3e-4
+    c.lr = 1e-4  # 3e-4 drifts on the full set (docs/grpo.md); the 8-prompt learning test uses it
     c.warmup_steps = 0
     c.end_lr_fraction = 1.0  # constant
     c.freeze_vision = True  # as in the demo's CoT-SFT

@@ -19,7 +19,7 @@ def test_grpo_raises_rollout_iou_and_pr_on_8_fixed_prompts(tmp_path):
     w = tmp_path / "w"
     cmd = [str(Path(sys.executable).parent / "rsground"), "grpo", "--config", str(REPO / "configs" / "grpo_tiny_synthetic.py"),
            f"init={REPO / 'tests' / 'fixtures' / 'cot_sft_tiny'}", f"workdir={w}", "output=", "eval_images=0",
-           "data.num_images=40", "data.prompts=8", "steps=30", "log_every=1", "checkpoint_every=30"]
+           "data.num_images=40", "data.prompts=8", "lr=3e-4", "steps=30", "log_every=1", "checkpoint_every=30"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (w / "grpo" / "metrics.jsonl").read_text().splitlines()]
