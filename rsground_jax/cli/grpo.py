@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .main import EXIT_STOPPED
+from .sft import run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,17 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from ..configs import check_grpo_config, grpo_config_differences, load_config, plain_config
-    from ..workdir import claim
+    from ..configs import check_grpo_config, grpo_config_differences
 
-    cfg = load_config(args.config, args.overrides)
-    check_grpo_config(cfg, args.config)
-    lock = claim(cfg.workdir, plain_config(cfg), resume=args.resume, command="grpo",
-                 differences=grpo_config_differences)
-    try:
+    def experiment(cfg, **kw):
         from ..rl.experiment import run_grpo_experiment
 
-        report = run_grpo_experiment(cfg, resume=args.resume, source=args.config, workdir_claim=lock)
-    finally:
-        lock.release()
-    return EXIT_STOPPED if report.get("preempted") else 0
+        return run_grpo_experiment(cfg, **kw)
+
+    return run_config(args, "grpo", check_grpo_config, grpo_config_differences, experiment)

@@ -31,17 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from ..configs import check_experiment, config_differences, load_config, plain_config
-    from ..workdir import claim
+    from ..configs import check_experiment, config_differences
 
-    # Before JAX starts: a bad config, or a workdir in use or of another run, is refused at once.
-    cfg = load_config(args.config, args.overrides)
-    check_experiment(cfg, args.config)
-    lock = claim(cfg.workdir, plain_config(cfg), resume=args.resume, command="sft", differences=config_differences)
-    try:
+    def experiment(cfg, **kw):
         from ..train.experiment import run_experiment
 
-        report = run_experiment(cfg, resume=args.resume, source=args.config, workdir_claim=lock)
+        return run_experiment(cfg, **kw)
+
+    return run_config(args, "sft", check_experiment, config_differences, experiment)
+
+
+def run_config(args, command: str, check, differences, experiment) -> int:
+    """A config command (`sft`, `grpo`): the config loaded and checked and the workdir claimed before JAX
+    starts (a bad config, or a workdir in use or of another run, is refused at once), then the experiment."""
+    from ..configs import load_config, plain_config
+    from ..workdir import claim
+
+    cfg = load_config(args.config, args.overrides)
+    check(cfg, args.config)
+    lock = claim(cfg.workdir, plain_config(cfg), resume=args.resume, command=command, differences=differences)
+    try:
+        report = experiment(cfg, resume=args.resume, source=args.config, workdir_claim=lock)
     finally:
         lock.release()
     return EXIT_STOPPED if report.get("preempted") else 0

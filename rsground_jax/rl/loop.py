@@ -11,9 +11,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
-from ..train.loop import LoopConfig, LoopResult, PipelineData, run_loop
-from ..train.step import RLTrainState, stack_micro_batches
+from ..train.loop import LoopConfig, LoopResult, PipelineData, micro_batches, run_loop
+from ..train.step import RLTrainState
 from .step import PROMPT_KEYS, GRPOStepConfig, make_grpo_step
 
 
@@ -31,18 +30,8 @@ def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step
     state = RLTrainState.create(params, tx, rng=jax.random.key_data(jax.random.key(seed)))
     step = make_grpo_step(graphdef, tx, step_cfg)
     data = PipelineData(pipeline)
-    vcfg, grids, B = model.config.vision, pipeline.plan.grid_thw, pipeline.config.batch_size
     tables = jax.tree.map(jnp.asarray, tables)
-
-    def next_inputs():
-        micro, samples = [], 0
-        for _ in range(cfg.accum_steps):
-            batch = next(data)
-            nw, fs = static_vision_sizes(grids, vcfg, B, batch["pixel_values"].shape[0])
-            micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
-            samples += int(batch["sample_valid"].sum()) * step_cfg.grpo.num_generations
-        return stack_micro_batches(micro, PROMPT_KEYS), samples
-
+    next_inputs = micro_batches(data, model.config.vision, cfg.accum_steps, PROMPT_KEYS, step_cfg.grpo.num_generations)
     return run_loop(state, lambda s, batch: step(s, ref_params, tables, batch), next_inputs, data, cfg, workdir,
                     resume=resume, name="grpo", schedule=schedule, on_log=on_log,
                     on_exit=lambda s: nnx.update(model, s.params), run_info=run_info, shown=("reward", "rollout_iou"))

@@ -34,7 +34,7 @@ from ..fileio import atomic_write_text
 from ..stopping import stop_requests
 from ..workdir import WorkdirInUseError
 from ..models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
-from .step import TrainState, make_sft_step, stack_micro_batches
+from .step import MODEL_KEYS, TrainState, make_sft_step, stack_micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,25 @@ class PipelineData:
         self.pipeline.load_state_dict(self.iterator, payload, source=source)
 
 
+def micro_batches(data: PipelineData, vision_config, accum_steps: int, keys: tuple[str, ...] = MODEL_KEYS,
+                  samples_per_row: int = 1) -> Callable[[], tuple[dict, int]]:
+    """`next_inputs` for `run_loop` from a pipeline: `accum_steps` batches, each with the vision tower's index
+    arrays at the run's static sizes, stacked on a leading micro-batch axis; the count is the real rows times
+    `samples_per_row` (GRPO: completions per prompt)."""
+    grids, B = data.pipeline.plan.grid_thw, data.pipeline.config.batch_size
+
+    def next_inputs():
+        micro, samples = [], 0
+        for _ in range(accum_steps):
+            batch = next(data)
+            nw, fs = static_vision_sizes(grids, vision_config, B, batch["pixel_values"].shape[0])
+            micro.append(add_vision_inputs(batch, vision_config, num_windows=nw, frame_slots=fs))
+            samples += int(batch["sample_valid"].sum()) * samples_per_row
+        return stack_micro_batches(micro, keys), samples
+
+    return next_inputs
+
+
 def run_loop(state: TrainState, step_fn: Callable, next_inputs: Callable[[], tuple[Any, int]], data,
              cfg: LoopConfig, workdir: str, *, resume: bool = False, name: str = "train",
              schedule: Callable[[int], float] | None = None, on_log: Callable[[dict], None] | None = None,
@@ -182,19 +201,8 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
     batches for `cfg.total_steps` steps: `run_loop` with the SFT loss, `cfg.accum_steps` micro-batches a step."""
     graphdef, params = nnx.split(model, nnx.Param)
     data = PipelineData(pipeline)
-    vcfg, grids, B = model.config.vision, pipeline.plan.grid_thw, pipeline.config.batch_size
-
-    def next_inputs():
-        micro, samples = [], 0
-        for _ in range(cfg.accum_steps):
-            batch = next(data)
-            nw, fs = static_vision_sizes(grids, vcfg, B, batch["pixel_values"].shape[0])
-            micro.append(add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs))
-            samples += int(batch["sample_valid"].sum())
-        return stack_micro_batches(micro), samples
-
     return run_loop(TrainState.create(params, tx), make_sft_step(graphdef, tx, freeze_vision=freeze_vision),
-                    next_inputs, data, cfg, workdir, resume=resume, name="sft", schedule=schedule, on_log=on_log,
+                    micro_batches(data, model.config.vision, cfg.accum_steps), data, cfg, workdir, resume=resume, name="sft", schedule=schedule, on_log=on_log,
                     on_exit=lambda state: nnx.update(model, state.params))
 
 
