@@ -75,14 +75,23 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
     cache = KVCache.init(model.config.text, p, lp + t, model.dtype)
     first, cache = model.forward(ids, mask, pos, prompt["pixel_values"], prompt["vision"], cache=cache, cache_index=0,
                                  logits_slice=slice(-1, None))  # [P, 1, V]: the first completion token's
+    logits = jnp.repeat(first, g, axis=0)
+    if t > 1:  # the completions' own tokens predict the rest
+        logits = jnp.concatenate([logits, _completion_logits(model, cache, mask, pos, tokens, g, lp)], axis=1)
+    logits = logits / temperature
+    picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _completion_logits(model, cache, mask, pos, tokens, g: int, lp: int):
+    """Logits [P * G, T - 1] at completion positions 0 .. T - 2 against the prompt's cache repeated G times."""
+    p, t = mask.shape[0], tokens.shape[1]
     cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1), jnp.repeat(cache.valid, g, axis=0))
     start = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [P]
     comp_pos = jnp.repeat(jnp.broadcast_to((start[:, None] + jnp.arange(t)[None])[None], (3, p, t)), g, axis=1)
     x = model.text.embed(tokens[:, :-1], model.dtype)
     hidden, _ = model.text(x, comp_pos[:, :, :-1], jnp.ones((p * g, t - 1), mask.dtype), cache=cache, cache_index=lp)
-    logits = jnp.concatenate([jnp.repeat(first, g, axis=0), model.text.logits(hidden)], axis=1) / temperature
-    picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    return model.text.logits(hidden)
 
 
 def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConfig):
