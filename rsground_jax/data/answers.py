@@ -23,6 +23,8 @@ import re
 
 import numpy as np
 
+from rsground_jax.errors import UserError
+
 WHITESPACE = " \t\n\r\x0b\x0c"
 OPEN, CLOSE = "<answer>", "</answer>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -35,6 +37,10 @@ GRAMMAR_BYTES = frozenset(b"0123456789.,[]<>/" + b"answerthik" + WHITESPACE.enco
 OTHER = ord("~")
 SPACE = ord(" ")
 TAG_REACH = len(CLOSE) - 1
+
+
+class TokenizerGrammarError(UserError, ValueError):
+    """A tokenizer whose tokens the on-device answer parser cannot read."""
 
 
 def parse_box(text) -> tuple[float, float, float, float] | None:
@@ -176,8 +182,9 @@ class TokenBytes:
         is_digit = (tb >= ord("0")) & (tb <= ord("9"))
         if np.any(is_digit.any(1) & (lens != 1)):
             bad = int(np.flatnonzero(is_digit.any(1) & (lens != 1))[0])
-            raise ValueError(f"token {bad} writes a digit together with other bytes ({bytes(tb[bad])!r}): the on-device "
-                             "answer parser needs one digit per token (Qwen's pre-tokenizer rule)")
+            raise TokenizerGrammarError(
+                f"token {bad} writes a digit together with other bytes ({bytes(tb[bad])!r}): the on-device answer "
+                "parser needs a tokenizer that writes one digit per token (Qwen's pre-tokenizer rule)")
         digit = np.where(is_digit[:, 0] & (lens == 1), tb[:, 0].astype(np.int32) - ord("0"), -1).astype(np.int8)
         solid = (tb > 0) & (tb != SPACE)
         nonws_prefix = np.concatenate([np.zeros((V, 1), np.int32), np.cumsum(solid, 1)], 1).astype(np.int8)

@@ -1,7 +1,7 @@
 """Rewards computed on device from generated token ids, vectorized over all completions of a step.
 
-`parse_completions` reads the answer grammar of `data/answers.py` straight from token ids, one token per step: the
-tag matcher and the box-content automaton are lifted from bytes to tokens on the host
+`parse_completions` reads the answer grammar of `data/answers.py` straight from token ids, one token per step:
+the tag matcher and the box-content automaton are lifted from bytes to tokens on the host
 (`data.answers.TokenBytes.tables`), so the device does a few table lookups per token, not per byte. No
 detokenizing, no host round trip.
 
@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..eval.metrics import box_giou, box_iou
 from ..data import answers as parse
+from ..eval.metrics import box_giou, box_iou
 
-_TAG = {tag: i for i, tag in enumerate(parse.TAGS)}
 _PHASE = {name: i for i, name in enumerate(parse.BOX_PHASES)}
 
 
