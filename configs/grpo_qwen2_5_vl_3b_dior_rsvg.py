@@ -33,7 +33,7 @@ def get_config():
     c.grpo = ml_collections.ConfigDict(dict(
         num_generations=8, num_iterations=1, beta=0.04, epsilon=0.2, epsilon_high=None, kl_estimator="k3",
         loss_agg_mode="seq-mean-token-mean", scale_rewards="group", temperature=1.0, top_k=0, top_p=1.0,
-        max_new_tokens=256, dynamic_sampling=False, mask_truncated_completions=True))
+        max_new_tokens=256, dynamic_sampling=False, dynamic_sampling_oversample=2, mask_truncated_completions=True))
     c.rewards = ml_collections.ConfigDict(dict(format=0.5, iou=1.0))
     c.reward_options = ml_collections.ConfigDict()
     c.coherence = ml_collections.ConfigDict(dict(enabled=False, kind="pairwise_iou", min_weight=0.5))

@@ -330,6 +330,7 @@ _GRPO_SETTINGS: dict[str, Field] = {
     "top_p": _float("a number in (0, 1]", lambda v: 0 < v <= 1),
     "max_new_tokens": _int(*_POSITIVE),
     "dynamic_sampling": Field((bool,), "true or false"),
+    "dynamic_sampling_oversample": _int("an integer >= 2", lambda v: v >= 2),
     "mask_truncated_completions": Field((bool,), "true or false"),
 }
 _COHERENCE_FIELDS: dict[str, Field] = {

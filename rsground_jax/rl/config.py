@@ -32,6 +32,7 @@ class GRPOConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal, fill the batch from further prompts
+    dynamic_sampling_oversample: int = 2  # with dynamic_sampling: prompts drawn per prompt the update keeps
     mask_truncated_completions: bool = False  # completions without an end token get no loss
 
     def __post_init__(self):
@@ -53,11 +54,14 @@ class GRPOConfig:
         need(self.temperature > 0, f"temperature={self.temperature!r}: must be > 0 for sampled rollouts")
         need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
              f"max_new_tokens={self.max_new_tokens!r}: must be a positive integer")
-        # Refilling dropped groups needs prompts beyond the step's batch; until the step over-samples, say so
-        # rather than train without it.
-        need(not self.dynamic_sampling, "dynamic_sampling=True is not available yet (the step does not over-sample "
-             "prompts to refill dropped groups); set it to False. Groups whose rewards are all equal get zero "
-             "advantages and are counted in the metric zero_variance_groups")
+        need(isinstance(self.dynamic_sampling_oversample, int) and self.dynamic_sampling_oversample >= 2,
+             f"dynamic_sampling_oversample={self.dynamic_sampling_oversample!r}: must be an integer >= 2 (the "
+             f"prompts drawn per prompt kept, so that dropped groups can be refilled)")
+
+    @property
+    def prompts_drawn_per_kept(self) -> int:
+        """How many prompts a step rolls out for each prompt its update keeps."""
+        return self.dynamic_sampling_oversample if self.dynamic_sampling else 1
 
     @property
     def clip_high(self) -> float:

@@ -101,7 +101,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     train, val = stage_data(cfg, data, 0)
     if cfg.data.get("prompts"):
         train = list(train)[: cfg.data.prompts]
-    P = cfg.batch_size // g.num_generations
+    P = cfg.batch_size // g.num_generations * g.prompts_drawn_per_kept  # dynamic sampling draws more
     # planned before the workdir is taken: a prompt longer than max_prompt_length is refused here
     pl = rl_pipeline(train, tok, proc, PipelineConfig(batch_size=P, length_buckets=(cfg.max_prompt_length,),
                                                       seed=cfg.seed), template=template)

@@ -38,11 +38,16 @@ def group_advantages(rewards: jax.Array, scale: str = "group") -> jax.Array:
     return centred / (std + ADV_EPS)
 
 
-def grpo_loss_terms(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
+def grpo_loss_terms(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, rows=None):
     """The loss as (sum, count, aux) for `train.make_update`: loss = sum / count exactly, also summed over
-    micro-batches; aux maps metric names to (numerator, denominator). Shapes as in `grpo_loss`."""
+    micro-batches; aux maps metric names to (numerator, denominator). Shapes as in `grpo_loss`; `rows` [B]
+    (1 or 0) leaves sequences out of the batch altogether, as if they were not in it (dynamic sampling's dropped
+    groups under static shapes)."""
     mask = mask.astype(jnp.float32)
     b, t = mask.shape
+    if rows is not None:
+        mask = mask * rows.astype(jnp.float32)[:, None]
+    n_rows = jnp.float32(b) if rows is None else rows.astype(jnp.float32).sum()
     # padding may hold any log-prob: zero it first, so no inf or NaN reaches the loss or its gradient
     live = mask > 0
     logp, old_logp = jnp.where(live, logp, 0.0), jnp.where(live, old_logp, 0.0)
@@ -60,11 +65,11 @@ def grpo_loss_terms(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig)
         aux["kl"] = ((kl * mask).sum(), tokens)
     masked = per_token * mask
     if cfg.loss_agg_mode == "seq-mean-token-mean":
-        total, count = (masked.sum(1) / jnp.maximum(mask.sum(1), 1.0)).sum(), jnp.float32(b)
+        total, count = (masked.sum(1) / jnp.maximum(mask.sum(1), 1.0)).sum(), n_rows
     elif cfg.loss_agg_mode == "token-mean":
         total, count = masked.sum(), tokens
     else:
-        total, count = masked.sum() / t, jnp.float32(b)
+        total, count = masked.sum() / t, n_rows
     low = (ratio < 1.0 - cfg.epsilon) & (adv < 0)
     high = (ratio > 1.0 + cfg.clip_high) & (adv > 0)
     aux["clip_fraction"] = (((low | high) * mask).sum(), tokens)
@@ -80,3 +85,13 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
     """
     total, count, aux = grpo_loss_terms(logp, old_logp, ref_logp, advantages, mask, cfg)
     return total / jnp.maximum(count, 1.0), {k: n / jnp.maximum(d, 1.0) for k, (n, d) in aux.items()}
+
+
+def select_groups(spread, valid, keep: int):
+    """Dynamic sampling under static shapes: which of the drawn groups [G_drawn] the update keeps, `keep` of them,
+    those whose rewards differ (`spread` > 0) first, each kind in drawing order; invalid prompts (`valid` 0,
+    the copies that fill a last partial batch) last. Returns a [G_drawn] bool mask."""
+    informative = (spread > 0) & (valid > 0)
+    rank = jnp.where(informative, 0, jnp.where(valid > 0, 1, 2)) * spread.shape[0] + jnp.arange(spread.shape[0])
+    order = jnp.argsort(rank)
+    return jnp.zeros(spread.shape, bool).at[order[:keep]].set(True)

@@ -3,7 +3,10 @@
     rollouts      each prompt prefilled once, G completions decoded from its shared cache (`generate_fn`),
                   with the current parameters as they are (no copy of the model per step)
     rewards       parsed from the token ids on device (`rewards.reward_terms`), weighted and summed
-    advantages    group-relative (`grpo.group_advantages`), optionally scaled per group by the coherence hook
+    advantages    group-relative (`grpo.group_advantages`), optionally scaled per group by the coherence hook;
+                  with dynamic sampling the step draws `dynamic_sampling_oversample` times the prompts and the
+                  update keeps that fraction of the groups, those whose rewards differ first (`select_groups`;
+                  the others stay in the static-shape batch with weight 0)
     log-probs     of the completions under the current policy (the old log-probs) and the frozen reference
                   policy, teacher-forced; each prompt and its image run through the model once, their keys and
                   values shared by the prompt's G completions (`completion_logprobs`)
@@ -28,7 +31,7 @@ from ..eval.metrics import box_area
 from ..generate.sampler import SamplingConfig, generate_fn
 from ..models.qwen2_5_vl.text import KVCache
 from ..train.step import RLTrainState, make_update
-from .grpo import GRPOConfig, group_advantages, grpo_loss_terms
+from .grpo import GRPOConfig, group_advantages, grpo_loss_terms, select_groups
 from .rewards import coherence_weights, reward_terms, weighted_reward
 
 # Prompt-batch keys the step reads (the pipeline's RL batch plus `vision` from `add_vision_inputs`).
@@ -111,7 +114,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
     def loss_fn(model, mb):
         logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature)
         old = mb["old_logp"] if g_cfg.num_iterations > 1 else jax.lax.stop_gradient(logp)
-        return grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg)
+        return grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg, rows=mb["rows"])
 
     update = make_update(graphdef, tx, loss_fn, freeze_vision=cfg.freeze_vision)
 
@@ -139,7 +142,13 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
                                     kind=cfg.coherence_kind, min_weight=cfg.coherence_min_weight)
         else:
             coh = jnp.ones((A * P,), jnp.float32)
-        advantages = advantages * coh[:, None] * batch["sample_valid"].reshape(-1, 1)
+        spread = jnp.std(reward, axis=1, ddof=1)
+        valid = batch["sample_valid"].reshape(-1)
+        if g_cfg.dynamic_sampling:  # the update keeps 1 / oversample of the drawn groups, informative ones first
+            keep = select_groups(spread, valid, (A * P) // g_cfg.dynamic_sampling_oversample)
+        else:
+            keep = valid > 0
+        advantages = advantages * coh[:, None] * keep[:, None]
 
         eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
         ended = jnp.any(jnp.isin(tokens, eos) & (jnp.arange(T) < lengths[..., None]), axis=-1)  # [A, P * G]
@@ -147,7 +156,8 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
         if g_cfg.mask_truncated_completions:
             mask = mask * ended[..., None]
 
-        micro = {"prompt": prompts, "tokens": tokens, "mask": mask, "advantages": advantages.reshape(A, P * G)}
+        micro = {"prompt": prompts, "tokens": tokens, "mask": mask, "advantages": advantages.reshape(A, P * G),
+                 "rows": jnp.repeat(keep, G).reshape(A, P * G)}
         if g_cfg.num_iterations > 1 or g_cfg.beta > 0:
             def forward(params, args):
                 prompt, toks = args
@@ -166,7 +176,6 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
         iou = terms["iou"]
         area = box_area(parsed["pred"], jnp) / jnp.maximum(hw[:, 0] * hw[:, 1], 1).astype(jnp.float32)
         live = mask.sum()
-        spread = jnp.std(reward, axis=1, ddof=1)
         metrics.update({f"reward/{k}": v.mean() for k, v in terms.items() if k in weights})
         metrics.update({
             "reward": reward.mean(),
@@ -181,6 +190,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
             "pred_box_area": jnp.sum(jnp.where(has_box, area, 0.0)) / jnp.maximum(has_box.sum(), 1),
             "coherence_weight": coh.mean(),
             "zero_variance_groups": (spread == 0).sum().astype(jnp.float32),
+            "kept_informative_groups": (keep & (spread > 0)).sum().astype(jnp.float32),
             "sampler_logp": jnp.sum(sample_logp * mask) / jnp.maximum(live, 1.0),
         })
         return state, metrics

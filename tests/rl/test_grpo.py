@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rsground_jax.rl import GRPOConfig, group_advantages, grpo_loss
-from rsground_jax.rl.grpo import GRPOConfigError
+from rsground_jax.rl.grpo import GRPOConfigError, select_groups
 
 
 def np_advantages(r, scale):
@@ -98,6 +98,30 @@ def test_grpo_loss_equals_numpy(rng, kl, agg, eps_high, beta):
 def test_config_refusals():
     for bad in [dict(num_generations=1), dict(kl_estimator="k2"), dict(loss_agg_mode="sum"),
                 dict(scale_rewards="std"), dict(num_iterations=0), dict(temperature=0.0),
-                dict(dynamic_sampling=True)]:
+                dict(dynamic_sampling=True, dynamic_sampling_oversample=1)]:
         with pytest.raises(GRPOConfigError):
             GRPOConfig(**bad)
+
+
+def test_dynamic_sampling_keeps_informative_groups_first_then_in_order():
+    spread = jnp.asarray([0.0, 0.3, 0.0, 0.1, 0.2, 0.0, 0.5, 0.0])
+    valid = jnp.asarray([1, 1, 1, 1, 1, 1, 0, 1])
+    keep = np.asarray(select_groups(spread, valid, 4))
+    assert keep.tolist() == [True, True, False, True, True, False, False, False]  # 1, 3, 4 informative; then 0
+    all_flat = np.asarray(select_groups(jnp.zeros(6), jnp.ones(6, jnp.int32), 3))
+    assert all_flat.tolist() == [True, True, True, False, False, False]
+
+
+def test_rows_left_out_are_as_if_absent(rng):
+    """grpo_loss over B rows with some weighted 0 equals grpo_loss over the kept rows only, for every
+    aggregation (what dynamic sampling's static-shape batch relies on)."""
+    from rsground_jax.rl.grpo import grpo_loss_terms
+
+    logp, old, ref, adv, mask = _inputs(rng, B=8)
+    rows = np.array([1, 0, 1, 1, 0, 1, 0, 1], np.float32)
+    kept = rows > 0
+    for agg in ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]:
+        cfg = GRPOConfig(loss_agg_mode=agg)
+        s, n, _ = grpo_loss_terms(*map(jnp.asarray, (logp, old, ref, adv, mask)), cfg, rows=jnp.asarray(rows))
+        want, _ = grpo_loss(*(jnp.asarray(x[kept]) for x in (logp, old, ref, adv, mask)), cfg)
+        np.testing.assert_allclose(float(s / n), float(want), rtol=1e-5)

@@ -66,7 +66,8 @@ def _step(setup, rewards=(("format", 1.0), ("positional", 1.0)), eos_ids=None, *
 
 
 def test_iterations_reuse_one_rollout_batch_and_a_non_finite_step_is_skipped(setup, monkeypatch):
-    """num_iterations=2: the first update sees ratio 1 (old log-probs = the rollout policy's), the second a
+    """num_iterations=2 with dynamic sampling: the first update sees ratio 1 (old log-probs = the rollout
+    policy's), the second a
     moved policy against the same old log-probs, and the step counts once. A step whose loss is not finite
     (a NaN pixel) keeps the state bit for bit and is counted. The reward is a term a user adds to the
     registry (shorter answers score higher), which an untrained model's rollouts already vary in."""
@@ -74,10 +75,12 @@ def test_iterations_reuse_one_rollout_batch_and_a_non_finite_step_is_skipped(set
 
     monkeypatch.setitem(rewards.REWARDS, "short", lambda x: -x.lengths.astype(jnp.float32) / 10)
     # a third of the vocabulary ends a completion, so the random model's completions differ in length
+    # dynamic sampling on: of the batch's 2 prompts the update keeps 1 group, an informative one if any
     step, state, ref, table, batch = _step(setup, rewards=(("short", 1.0), ("format", 1.0)),
-                                           eos_ids=tuple(range(0, 676, 3)), num_iterations=2)
+                                           eos_ids=tuple(range(0, 676, 3)), num_iterations=2, dynamic_sampling=True)
     state, m = step(state, ref, table, batch)
     assert float(m["advantage_std"]) > 0 and np.isfinite(float(m["loss"])) and int(m["skipped"]) == 0
+    assert float(m["kept_informative_groups"]) == 1.0
     assert int(state.step) == 1  # one GRPO step, two updates in it
     assert abs(float(m["ratio"]) - 1.0) > 1e-6  # the second update's policy moved away from the rollouts'
     assert float(m["kl"]) > 0
