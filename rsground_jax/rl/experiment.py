@@ -27,10 +27,10 @@ from ..data.pipeline import PipelineConfig, rl_pipeline
 from ..data.tokenizer import special_token_ids
 from ..errors import CheckpointError
 from ..eval.evaluate import evaluate
-from ..fileio import atomic_write_json, check_destination
-from ..models.model_dir import RECIPE, load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
-from ..train.experiment import DTYPES, stage_data, tokenizer_from
-from ..train.loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError
+from ..fileio import atomic_write_json
+from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
+from ..train.experiment import DTYPES, check_output, checkpointed_steps, stage_data, tokenizer_from
+from ..train.loop import CheckpointMismatchError, LoopConfig
 from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
 from .loop import run_grpo
@@ -84,7 +84,11 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     g = grpo_settings(cfg)
     init = _model_folder(cfg.init, "init")
     ref_dir = _model_folder(cfg.reference, "reference") if cfg.get("reference") else init
-    export_done = _check_output(cfg, resume)
+    def steps_left() -> str:
+        done = checkpointed_steps(os.path.join(cfg.workdir, STAGE))
+        return f"step {done} of {cfg.steps}" if done < cfg.steps else ""
+
+    export_done = check_output(cfg.output, cfg.workdir, resume, steps_left)
     spec = read_prompt_spec(init)
     template, proc, _ = prompt_from_spec(spec)
     tok = tokenizer_from(cfg.get("tokenizer") or init)
@@ -144,24 +148,3 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
                        prompt_spec=prompt_spec(template, spec["max_pixels"], spec["answer_style"]))
     report["model"] = model
     return report
-
-
-def _check_output(cfg, resume: bool) -> bool:
-    """As `train.experiment._check_output`: True when `output` holds this workdir's finished export."""
-    if not cfg.output:
-        return False
-    try:
-        with open(os.path.join(cfg.output, RECIPE)) as f:
-            own = json.load(f)["workdir"] == os.path.abspath(cfg.workdir)
-    except (OSError, ValueError, KeyError, TypeError):
-        own = False
-    if own and resume:
-        ckpts = os.path.join(cfg.workdir, STAGE, "checkpoints")
-        done = max((int(c) for c in os.listdir(ckpts) if c.isdigit()), default=0) if os.path.isdir(ckpts) else 0
-        if done < cfg.steps:
-            raise WorkdirInUseError(f"{cfg.output}: holds this workdir's export from before, and the resumed run "
-                                    f"trains on (step {done} of {cfg.steps}); set output to a new folder")
-        return True
-    check_destination(cfg.output, "output")
-    return False
-

@@ -208,7 +208,7 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False, source: 
 
 
 def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict:
-    export_done = _check_output(cfg, resume)
+    export_done = check_output(cfg.output, cfg.workdir, resume, lambda: _steps_left(cfg))
     tok = tokenizer_from(cfg.tokenizer or _tokenizer_of_init(cfg.init))
     tiny_options = cfg.get("tiny_options")
     try:
@@ -276,24 +276,31 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
     return report
 
 
-def _check_output(cfg, resume: bool) -> bool:
+def check_output(output: str, workdir: str, resume: bool, steps_left) -> bool:
     """Before any work: True when `output` holds this workdir's export and the resumed run has nothing left
     to train (it ends without exporting again), False when `output` is missing or empty; otherwise an error, so
-    that a run never fails at its export after the training."""
-    if not cfg.output:
+    that a run never fails at its export after the training. `steps_left() -> str` says what is left to train
+    ('' for nothing), e.g. 'stage: step N of M'."""
+    if not output:
         return False
     try:
-        own = json.loads((Path(cfg.output) / RECIPE).read_text())["workdir"] == os.path.abspath(cfg.workdir)
+        own = json.loads((Path(output) / RECIPE).read_text())["workdir"] == os.path.abspath(workdir)
     except (OSError, ValueError, KeyError, TypeError):
         own = False
     if own and resume:
-        left = _steps_left(cfg)
+        left = steps_left()
         if left:
-            raise WorkdirInUseError(f"{cfg.output}: holds this workdir's export from before, and the resumed run "
+            raise WorkdirInUseError(f"{output}: holds this workdir's export from before, and the resumed run "
                                     f"trains on ({left}); set output to a new folder")
         return True
-    check_destination(cfg.output, "output")
+    check_destination(output, "output")
     return False
+
+
+def checkpointed_steps(folder) -> int:
+    """The latest checkpoint's step in a loop's folder (`<folder>/checkpoints`), 0 when there is none."""
+    ckpts = Path(folder) / "checkpoints"
+    return max((int(c.name) for c in ckpts.iterdir() if c.name.isdigit()), default=0) if ckpts.is_dir() else 0
 
 
 def _steps_left(cfg) -> str:
@@ -302,8 +309,7 @@ def _steps_left(cfg) -> str:
     for st in cfg.stages:
         if st.get("task", "sft") != "sft":
             continue
-        ckpts = Path(cfg.workdir) / st.name / "checkpoints"
-        done = max((int(c.name) for c in ckpts.iterdir() if c.name.isdigit()), default=0) if ckpts.is_dir() else 0
+        done = checkpointed_steps(Path(cfg.workdir) / st.name)
         if done < st.steps:
             left.append(f"{st.name}: step {done} of {st.steps}")
     return ", ".join(left)
