@@ -178,7 +178,7 @@ EXPERIMENT_FIELDS: dict[str, Field] = {
 
 _STAGE_COMMON: dict[str, Field] = {
     "name": _str("a name (letters, digits, _ . -)", lambda v: bool(re.fullmatch(r"[\w.-]+", v)), required=True),
-    "task": _choice("sft", "vision"),
+    "task": _choice("sft", "vision", "grpo"),
     "steps": _int(*_POSITIVE, required=True, resumable=True),
     "batch_size": _int(*_POSITIVE, required=True),
     "lr": _float("a positive number", lambda v: v > 0, required=True),
@@ -204,6 +204,7 @@ STAGE_FIELDS: dict[str, dict[str, Field]] = {
             "question_variants": Field((str, list, tuple), "a name of QUESTION_VARIANTS or a list of questions"),
             "length_buckets": _BUCKETS},
     "vision": {**_STAGE_COMMON, "box_weight": _float("a number >= 0", lambda v: v >= 0)},
+    # filled in below from the GRPO schema: a grpo stage takes `rsground grpo`'s training fields
 }
 
 
@@ -222,6 +223,8 @@ def check_experiment(cfg: ml_collections.ConfigDict, source: str = "config") -> 
         if task not in STAGE_FIELDS:
             raise ConfigError(f"{source}: {where}.task is {task!r}, expected one of {sorted(STAGE_FIELDS)}")
         _check_fields(st, STAGE_FIELDS[task], source, where + ".")
+        if task == "grpo":
+            _check_grpo_parts(st, source, where + ".")
         if st.name in names:
             raise ConfigError(f"{source}: {where}.name {st.name!r} is used by an earlier stage")
         own = [k for k in ("synth", "data_root", "data_from") if st.get(k) not in (None, "")]
@@ -366,6 +369,11 @@ GRPO_FIELDS: dict[str, Field] = {
     **_INTERVALS,
 }
 GRPO_RESUMABLE_KEYS = {k for k, f in GRPO_FIELDS.items() if f.resumable}
+# An experiment's grpo stage: the stage fields plus GRPO's training ones; its init and reference are the model
+# the earlier stages left, its data the stage's own.
+STAGE_FIELDS["grpo"] = {**_STAGE_COMMON, **{k: GRPO_FIELDS[k] for k in (
+    "accum_steps", "freeze_vision", "clip_norm", "max_prompt_length", "grpo", "rewards", "reward_options",
+    "coherence")}}
 
 
 def check_grpo_config(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
@@ -380,27 +388,32 @@ def check_grpo_config(cfg: ml_collections.ConfigDict, source: str = "config") ->
         if cfg.data.get("num_images") is None:
             raise ConfigError(f"{source}: data.num_images is required with synth")
         _check_synth(cfg.data.synth, source, "data.synth")
-    _check_fields(cfg.grpo, _GRPO_SETTINGS, source, "grpo.")
-    if cfg.get("coherence") is not None:
-        _check_fields(cfg.coherence, _COHERENCE_FIELDS, source, "coherence.")
+    _check_grpo_parts(cfg, source, "")
+
+
+def _check_grpo_parts(node, source: str, prefix: str) -> None:
+    """The GRPO settings, rewards and coherence of a GRPO config (prefix '') or an experiment's grpo stage."""
+    _check_fields(node.grpo, _GRPO_SETTINGS, source, f"{prefix}grpo.")
+    if node.get("coherence") is not None:
+        _check_fields(node.coherence, _COHERENCE_FIELDS, source, f"{prefix}coherence.")
     try:
-        g = grpo_settings(cfg)
+        g = grpo_settings(node)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    if cfg.batch_size % g.num_generations:
-        raise ConfigError(f"{source}: batch_size={cfg.batch_size} completions do not divide into groups of "
+        raise ConfigError(f"{source}: {prefix}{e}") from None
+    if node.batch_size % g.num_generations:
+        raise ConfigError(f"{source}: {prefix}batch_size={node.batch_size} completions do not divide into groups of "
                           f"grpo.num_generations={g.num_generations}; use a multiple of {g.num_generations}")
     from .rl.rewards import COHERENCE, RewardConfigError, check_reward_weights
 
     try:
-        check_reward_weights(cfg.rewards.to_dict(), (cfg.get("reward_options") or ml_collections.ConfigDict()).to_dict())
+        check_reward_weights(node.rewards.to_dict(), (node.get("reward_options") or ml_collections.ConfigDict()).to_dict())
     except RewardConfigError as e:
-        raise ConfigError(f"{source}: rewards: {e}") from None
-    if not cfg.rewards:
-        raise ConfigError(f"{source}: rewards is empty: give at least one reward name and its weight")
-    kind = (cfg.get("coherence") or {}).get("kind", "pairwise_iou")
+        raise ConfigError(f"{source}: {prefix}rewards: {e}") from None
+    if not node.rewards:
+        raise ConfigError(f"{source}: {prefix}rewards is empty: give at least one reward name and its weight")
+    kind = (node.get("coherence") or {}).get("kind", "pairwise_iou")
     if kind not in COHERENCE:
-        raise ConfigError(f"{source}: coherence.kind={kind!r} is not one of {sorted(COHERENCE)}")
+        raise ConfigError(f"{source}: {prefix}coherence.kind={kind!r} is not one of {sorted(COHERENCE)}")
 
 
 def grpo_settings(cfg: ml_collections.ConfigDict):

@@ -1,5 +1,6 @@
 """A GRPO experiment from a config (`configs.GRPO_FIELDS`): the policy and reference from model folders, the
-prompts, the loop, validation, export.
+prompts, the loop, validation, export; and `GRPOStage`, the same training as a stage of a multi-stage
+experiment (`train.experiment.STAGES["grpo"]`).
 
 The policy starts from `init` (a CoT-SFT export, or 'base') and is prompted with that folder's own template
 and pixel budget (rsground_prompt.json). The frozen reference policy of the KL term is `reference`, or `init`
@@ -10,6 +11,7 @@ folder with the same prompt file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
 from .loop import run_grpo
 from ..data.answers import TokenBytes
+from .config import GRPOConfig
 from .step import GRPOStepConfig
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,95 @@ def run_grpo_experiment(cfg: ml_collections.ConfigDict, *, progress: bool = True
         lock.release()
 
 
+@dataclasses.dataclass(frozen=True)
+class GRPOStage:
+    """A GRPO stage, typed: the `rsground grpo` config's training fields, or an experiment's `task="grpo"` stage
+    (`train.experiment.STAGES`), which starts from the model the earlier stages left and takes that model, as it
+    was at the stage's start, as the KL reference."""
+
+    name: str
+    steps: int
+    batch_size: int  # completions per micro-batch: prompts x grpo.num_generations
+    lr: float
+    max_prompt_length: int
+    grpo: GRPOConfig
+    rewards: tuple[tuple[str, float], ...]
+    reward_options: tuple = ()
+    coherence: bool = False
+    coherence_kind: str = "pairwise_iou"
+    coherence_min_weight: float = 0.5
+    warmup_steps: int = 0
+    end_lr_fraction: float = 0.0
+    freeze_vision: bool = False
+    clip_norm: float | None = 1.0
+    accum_steps: int = 1
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+
+    @classmethod
+    def from_config(cls, st, cfg, index: int) -> "GRPOStage":
+        """From a stage dict `st` of experiment `cfg` (the GRPO command passes its config as both)."""
+        coherence = st.get("coherence") or ml_collections.ConfigDict({"enabled": False})
+        options = (st.get("reward_options") or ml_collections.ConfigDict()).to_dict()
+        intervals = {k: int(st.get(k, cfg.get(k, d))) for k, d in
+                     (("log_every", 10), ("checkpoint_every", 50), ("keep_checkpoints", 3))}
+        return cls(name=st.get("name", STAGE), steps=st.steps, batch_size=st.batch_size, lr=float(st.lr),
+                   max_prompt_length=st.max_prompt_length, grpo=grpo_settings(st),
+                   rewards=tuple((k, float(v)) for k, v in st.rewards.items()),
+                   reward_options=tuple((k, tuple(sorted(v.items()))) for k, v in options.items()),
+                   coherence=bool(coherence.enabled), coherence_kind=coherence.get("kind", "pairwise_iou"),
+                   coherence_min_weight=float(coherence.get("min_weight", 0.5)),
+                   warmup_steps=int(st.get("warmup_steps", 0)), end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
+                   freeze_vision=bool(st.get("freeze_vision", False)), clip_norm=st.get("clip_norm", 1.0),
+                   accum_steps=int(st.get("accum_steps", 1)), seed=int(st.get("seed", cfg.seed + index)), **intervals)
+
+    def run(self, ctx) -> dict:
+        """Run inside an experiment (`train.experiment.StageRun`): the report row."""
+        g = self.grpo
+        ref = jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param)) if g.beta > 0 else None
+        ts = time.time()
+        res, _ = train_grpo(ctx.model, ref, ctx.train, ctx.tok, ctx.proc, ctx.template, self, ctx.workdir,
+                            resume=ctx.resume, progress=ctx.progress, run_info={"reference": f"stage {self.name} start"})
+        return {"stage": self.name, "task": "grpo", "steps": self.steps, "seconds": round(time.time() - ts, 1),
+                "last": res.history[-1] if res.history else None, "preempted": res.preempted}
+
+
+def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workdir: str, *, resume: bool,
+               progress: bool, run_info: dict, planned=None):
+    """GRPO of `model` (updated in place) on `records` under `workdir`: (LoopResult, the prompt pipeline).
+    `planned` is a pipeline already built from the records (the command plans it before taking the workdir)."""
+    g = stage.grpo
+    pl = planned if planned is not None else grpo_pipeline(records, tok, proc, template, stage)
+    sp = special_token_ids(tok)
+    opt = OptimConfig(lr=stage.lr, warmup_steps=stage.warmup_steps, total_steps=stage.steps,
+                      end_lr_fraction=stage.end_lr_fraction, freeze_vision=stage.freeze_vision,
+                      clip_norm=stage.clip_norm)
+    step_cfg = GRPOStepConfig(
+        grpo=g, rewards=stage.rewards, reward_options=stage.reward_options, coherence=stage.coherence,
+        coherence_kind=stage.coherence_kind, coherence_min_weight=stage.coherence_min_weight, eos_ids=(sp.im_end,),
+        pad_id=sp.pad, freeze_vision=opt.freeze_vision)
+    tables = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables()
+    loop = LoopConfig(total_steps=stage.steps, accum_steps=stage.accum_steps, progress=progress,
+                      log_every=stage.log_every, checkpoint_every=stage.checkpoint_every,
+                      keep_checkpoints=stage.keep_checkpoints)
+    res = run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, workdir, seed=stage.seed,
+                   resume=resume, schedule=schedule(opt), run_info=run_info)
+    return res, pl
+
+
+def grpo_pipeline(records, tok, proc, template, stage: GRPOStage):
+    """The stage's prompt pipeline: prompts x G = batch_size completions a micro-batch (dynamic sampling draws
+    more); a prompt longer than max_prompt_length is refused here, before any training."""
+    P = stage.batch_size // stage.grpo.num_generations * stage.grpo.prompts_drawn_per_kept
+    return rl_pipeline(records, tok, proc, PipelineConfig(batch_size=P, length_buckets=(stage.max_prompt_length,),
+                                                          seed=stage.seed), template=template)
+
+
 def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
-    g = grpo_settings(cfg)
+    stage = GRPOStage.from_config(cfg, cfg, 0)
+    g = stage.grpo
     init = _model_folder(cfg.init, "init")
     ref_dir = _model_folder(cfg.reference, "reference") if cfg.get("reference") else init
     def steps_left() -> str:
@@ -96,7 +186,6 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     ref = None
     if g.beta > 0:
         ref = reference_params(model, ref_dir) if ref_dir != init else jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    sp = special_token_ids(tok)
 
     data = ml_collections.ConfigDict(cfg.data.to_dict())
     data.name = STAGE
@@ -105,30 +194,12 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     train, val = stage_data(cfg, data, 0)
     if cfg.data.get("prompts"):
         train = list(train)[: cfg.data.prompts]
-    P = cfg.batch_size // g.num_generations * g.prompts_drawn_per_kept  # dynamic sampling draws more
-    # planned before the workdir is taken: a prompt longer than max_prompt_length is refused here
-    pl = rl_pipeline(train, tok, proc, PipelineConfig(batch_size=P, length_buckets=(cfg.max_prompt_length,),
-                                                      seed=cfg.seed), template=template)
+    pl = grpo_pipeline(train, tok, proc, template, stage)  # planned before the workdir is taken
     lock.commit()
-    opt = OptimConfig(lr=cfg.lr, warmup_steps=cfg.get("warmup_steps", 0), total_steps=cfg.steps,
-                      end_lr_fraction=float(cfg.get("end_lr_fraction", 0.0)),
-                      freeze_vision=bool(cfg.get("freeze_vision", False)), clip_norm=cfg.get("clip_norm", 1.0))
-    coherence = cfg.get("coherence") or ml_collections.ConfigDict({"enabled": False})
-    options = (cfg.get("reward_options") or ml_collections.ConfigDict()).to_dict()
-    step_cfg = GRPOStepConfig(
-        grpo=g, rewards=tuple((k, float(v)) for k, v in cfg.rewards.items()),
-        reward_options=tuple((k, tuple(sorted(v.items()))) for k, v in options.items()),
-        coherence=bool(coherence.enabled), coherence_kind=coherence.get("kind", "pairwise_iou"),
-        coherence_min_weight=float(coherence.get("min_weight", 0.5)), eos_ids=(sp.im_end,), pad_id=sp.pad,
-        freeze_vision=opt.freeze_vision)
-    tables = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables()
-    loop = LoopConfig(total_steps=cfg.steps, accum_steps=cfg.get("accum_steps", 1), progress=progress,
-                      **{k: cfg.get(k, d) for k, d in (("log_every", 10), ("checkpoint_every", 50),
-                                                       ("keep_checkpoints", 3))})
     t0 = time.time()
-    res = run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, os.path.join(cfg.workdir, STAGE),
-                   seed=cfg.seed, resume=resume, schedule=schedule(opt),
-                   run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
+    res, pl = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(cfg.workdir, STAGE),
+                         resume=resume, progress=progress, planned=pl,
+                         run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "seconds": round(time.time() - t0, 1),
               "steps": cfg.steps, "prompts": len(pl.plan), "preempted": res.preempted,

@@ -18,14 +18,19 @@ Config fields (see `configs/`):
           `chat.box_answer`), question_variants (training-only phrasings of the question, one per record: a name of
           QUESTION_VARIANTS such as "box", or a list), length_buckets (default [length_bucket]) and
           data_seed (the synthetic set's seed; default: the config's seed + the stage's index)}
-A stage with task="vision" instead pretrains the vision tower alone on its scenes' dense targets
-(`vision_pretrain`; fields steps, batch_size in images, lr, warmup_steps, end_lr_fraction, box_weight).
-Each SFT stage trains with the resumable SFT loop under `<workdir>/<stage name>`; `resume=True` continues.
+A stage's `task` picks its kind from `STAGES`, each a typed config (`from_config`) that runs itself:
+  "sft" (the default): the fields above;
+  "vision": pretrains the vision tower alone on its scenes' dense targets (`vision_pretrain`; fields steps,
+          batch_size in images, lr, warmup_steps, end_lr_fraction, box_weight);
+  "grpo": GRPO from the model the earlier stages left, which is also its KL reference (`rl.GRPOStage`; the
+          `rsground grpo` fields: grpo, rewards, reward_options, coherence, max_prompt_length, clip_norm, ...).
+Each stage trains under `<workdir>/<stage name>` with the shared loop; `resume=True` continues.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import logging
@@ -33,6 +38,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -207,6 +213,113 @@ def run_experiment(cfg, *, progress: bool = True, resume: bool = False, source: 
         lock.release()
 
 
+@dataclasses.dataclass
+class StageRun:
+    """What a stage runs on: the experiment's model (trained in place, stage after stage), tokenizer, image
+    processor and template, the stage's records, its folder `<workdir>/<stage name>`, resume and progress."""
+
+    cfg: Any
+    model: Any
+    tok: Any
+    proc: Any
+    template: ChatTemplate
+    train: list
+    val: list
+    workdir: str
+    resume: bool
+    progress: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTStage:
+    """`task="sft"` (the default): supervised fine-tuning with the shared loop, validation after it."""
+
+    name: str
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    seed: int
+    length_buckets: tuple[int, ...]
+    end_lr_fraction: float = 0.0
+    freeze_vision: bool = False
+    vision_lr_scale: float = 1.0
+    accum_steps: int = 1
+    leadin_fraction: float = 0.0
+    log_every: int = 50
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+
+    @classmethod
+    def from_config(cls, st, cfg, index: int) -> "SFTStage":
+        intervals = {k: int(st.get(k, cfg.get(k, d))) for k, d in
+                     (("log_every", 50), ("checkpoint_every", 250), ("keep_checkpoints", 3))}
+        return cls(name=st.name, steps=st.steps, batch_size=st.batch_size, lr=float(st.lr), warmup_steps=st.warmup_steps,
+                   seed=int(st.get("seed", cfg.seed + index)),
+                   length_buckets=tuple(st.get("length_buckets", None) or (cfg.length_bucket,)),
+                   end_lr_fraction=float(st.get("end_lr_fraction", 0.0)), freeze_vision=bool(st.get("freeze_vision", False)),
+                   vision_lr_scale=float(st.get("vision_lr_scale", 1.0)), accum_steps=int(st.get("accum_steps", 1)),
+                   leadin_fraction=float(st.get("leadin_fraction", 0.0)), **intervals)
+
+    def run(self, ctx: StageRun) -> dict:
+        st = next(x for x in ctx.cfg.stages if x.name == self.name)
+        pl = sft_pipeline(ctx.train, ctx.tok, ctx.proc, PipelineConfig(
+            batch_size=self.batch_size, length_buckets=self.length_buckets, seed=self.seed,
+            answer_style=ctx.cfg.answer_style, leadin_fraction=self.leadin_fraction),
+            template=stage_template(ctx.template, st))
+        opt = OptimConfig(lr=self.lr, warmup_steps=self.warmup_steps, total_steps=self.steps,
+                          end_lr_fraction=self.end_lr_fraction, freeze_vision=self.freeze_vision,
+                          vision_lr_scale=self.vision_lr_scale)
+        ts = time.time()
+        res = run_sft(ctx.model, pl, make_optimizer(opt),
+                      LoopConfig(total_steps=self.steps, accum_steps=self.accum_steps, progress=ctx.progress,
+                                 log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+                                 keep_checkpoints=self.keep_checkpoints),
+                      ctx.workdir, resume=ctx.resume, freeze_vision=opt.freeze_vision, schedule=schedule(opt))
+        return {"stage": self.name, "steps": self.steps, "seconds": round(time.time() - ts, 1),
+                "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionStage:
+    """`task="vision"`: dense pretraining of the vision tower alone on the stage's scenes (`vision_stage`)."""
+
+    name: str
+    steps: int
+    batch_size: int  # images
+    lr: float
+    seed: int
+    warmup_steps: int | None = None  # None: VisionPretrainConfig's own default
+    end_lr_fraction: float | None = None
+    box_weight: float | None = None
+    validates = False  # its own validation (the tower's dense targets) is in its row
+
+    @classmethod
+    def from_config(cls, st, cfg, index: int) -> "VisionStage":
+        return cls(name=st.name, steps=st.steps, batch_size=st.batch_size, lr=float(st.lr),
+                   seed=int(st.get("seed", cfg.seed + index)),
+                   **{f: st.get(f) for f in ("warmup_steps", "end_lr_fraction", "box_weight")})
+
+    def run(self, ctx: StageRun) -> dict:
+        return vision_stage(self, ctx.model, ctx.train, ctx.proc, ctx.workdir, resume=ctx.resume, seed=self.seed,
+                            progress=ctx.progress)
+
+
+# The stage kinds an experiment config's `task` names, each a typed config with `from_config(stage, cfg, index)`
+# and `run(StageRun) -> report row`. A kind defined above this package's training layer is named by its module
+# path (resolved when a config uses it), so `train` does not import `rl`, which imports `train`.
+STAGES: dict[str, Any] = {"sft": SFTStage, "vision": VisionStage, "grpo": "rsground_jax.rl.experiment:GRPOStage"}
+
+
+def stage_kind(task: str):
+    """The stage config class of `task` (a key of STAGES)."""
+    kind = STAGES[task]
+    if isinstance(kind, str):
+        module, _, name = kind.partition(":")
+        kind = getattr(importlib.import_module(module), name)
+    return kind
+
+
 def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict:
     export_done = check_output(cfg.output, cfg.workdir, resume, lambda: _steps_left(cfg))
     tok = tokenizer_from(cfg.tokenizer or _tokenizer_of_init(cfg.init))
@@ -221,48 +334,23 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
             from None
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
+    stages = [stage_kind(st.get("task", "sft")).from_config(st, cfg, i) for i, st in enumerate(cfg.stages)]
     lock.commit()  # the checks passed: the workdir is this run's
     t0 = time.time()
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "stages": []}
-    for i, st in enumerate(cfg.stages):
+    for i, stage in enumerate(stages):
         train, val = stage_records(cfg, i)
-        if st.get("task", "sft") == "vision":
-            row = vision_stage(st, model, train, proc, os.path.join(cfg.workdir, st.name), resume=resume,
-                               seed=int(st.get("seed", cfg.seed + i)), progress=progress)
-            report["stages"].append(row)
-            print(json.dumps(row), flush=True)
-            if row.get("preempted"):
-                report["preempted"] = True
-                return report
-            continue
-        buckets = tuple(st.get("length_buckets", None) or (cfg.length_bucket,))
-        pl = sft_pipeline(train, tok, proc, PipelineConfig(
-            batch_size=st.batch_size, length_buckets=buckets, seed=int(st.get("seed", cfg.seed + i)),
-            answer_style=cfg.answer_style, leadin_fraction=float(st.get("leadin_fraction", 0.0))),
-            template=stage_template(template, st))
-        opt = OptimConfig(lr=st.lr, warmup_steps=st.warmup_steps, total_steps=st.steps,
-                          end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
-                          freeze_vision=bool(st.get("freeze_vision", False)),
-                          vision_lr_scale=float(st.get("vision_lr_scale", 1.0)))
-        interval = {k: st.get(k, cfg.get(k, default)) for k, default in
-                    (("log_every", 50), ("checkpoint_every", 250), ("keep_checkpoints", 3))}
-        ts = time.time()
-        res = run_sft(model, pl, make_optimizer(opt),
-                      LoopConfig(total_steps=st.steps, accum_steps=int(st.get("accum_steps", 1)), progress=progress,
-                                 **interval),
-                      os.path.join(cfg.workdir, st.name), resume=resume, freeze_vision=opt.freeze_vision,
-                      schedule=schedule(opt))
-        row = {"stage": st.name, "steps": st.steps, "seconds": round(time.time() - ts, 1),
-               "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}
-        if cfg.eval_images and not res.preempted:
+        row = stage.run(StageRun(cfg, model, tok, proc, template, train, val, os.path.join(cfg.workdir, stage.name),
+                                 resume, progress))
+        if cfg.eval_images and getattr(stage, "validates", True) and not row.get("preempted"):
             ev = evaluate(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
                           max_new_tokens=cfg.get("max_new_tokens", 24), length_buckets=(cfg.length_bucket,))
             row["val"] = ev.metrics
         report["stages"].append(row)
-        log.info("stage %s: %s", st.name, json.dumps(row))
-        print(json.dumps(row), flush=True)
-        if res.preempted:
+        log.info("stage %s: %s", stage.name, json.dumps(row, default=str))
+        print(json.dumps(row, default=str), flush=True)
+        if row.get("preempted"):
             report["preempted"] = True
             return report
     report["wall_seconds"] = round(time.time() - t0, 1)
@@ -304,10 +392,10 @@ def checkpointed_steps(folder) -> int:
 
 
 def _steps_left(cfg) -> str:
-    """The SFT stages whose latest checkpoint is short of their steps, as 'stage: step N of M' ('' if none)."""
+    """The training-loop stages (sft, grpo) whose latest checkpoint is short of their steps, as 'stage: step N of M' ('' if none)."""
     left = []
     for st in cfg.stages:
-        if st.get("task", "sft") != "sft":
+        if st.get("task", "sft") == "vision":  # its finished tower file, not a step count, says it is done
             continue
         done = checkpointed_steps(Path(cfg.workdir) / st.name)
         if done < st.steps:
@@ -318,7 +406,8 @@ def _steps_left(cfg) -> str:
 TOWER_FILE = "vision_tower.npz"
 
 
-def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: int, progress: bool = False) -> dict:
+def vision_stage(st: VisionStage, model, train, proc, workdir: str, *, resume: bool, seed: int,
+                 progress: bool = False) -> dict:
     """A `task="vision"` stage: dense pretraining of the vision tower on the stage's training scenes
     (`vision_pretrain`, on the shared loop: checkpoints under `<workdir>/checkpoints`, a stopped stage resumes
     where it stopped), the finished tower saved to `<workdir>/vision_tower.npz`; with `resume`, a saved tower
@@ -335,8 +424,8 @@ def vision_stage(st, model, train, proc, workdir: str, *, resume: bool, seed: in
     categories = sorted({o.category for s in scenes for o in s.objects})
     # The optional fields fall back on VisionPretrainConfig's own defaults, the one place they are written.
     base = VisionPretrainConfig()
-    optional = {f: type(getattr(base, f))(st.get(f)) for f in ("warmup_steps", "end_lr_fraction", "box_weight")
-                if st.get(f) is not None}
+    optional = {f: type(getattr(base, f))(getattr(st, f)) for f in ("warmup_steps", "end_lr_fraction", "box_weight")
+                if getattr(st, f) is not None}
     vcfg = dataclasses.replace(base, steps=st.steps, batch_size=st.batch_size, lr=st.lr, seed=seed, **optional)
     ts = time.time()
     rep = pretrain_vision(model, scenes, proc, categories, vcfg, log=log.info, workdir=workdir, resume=resume,

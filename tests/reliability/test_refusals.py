@@ -16,6 +16,7 @@ from PIL import Image
 from .conftest import REPO, TINY_SFT, assert_refused, rsground, snapshot
 
 TINY_GRPO = REPO / "tests" / "reliability" / "tiny_grpo.py"
+SFT_GRPO = REPO / "tests" / "reliability" / "tiny_sft_grpo.py"
 
 
 def _file(path: Path, text: str = "x\n") -> Path:
@@ -225,6 +226,12 @@ CASES = {
         ["init", "rsground_prompt.json"]),
     "grpo grpo.kl_estimator=k2": (lambda d, w: [*GRPO, f"workdir={d / 'w'}", "grpo.kl_estimator=k2"],
                                   ["grpo.kl_estimator must be one of ['k1', 'k3'], got 'k2'"]),
+    "sft a grpo stage whose batch does not divide into groups": (
+        lambda d, w: ["sft", "--config", SFT_GRPO, f"workdir={d / 'w'}", "stages.1.batch_size=6"],
+        ["stages.1.batch_size=6", "groups of grpo.num_generations=4"]),
+    "sft a grpo stage with a reward that does not exist": (
+        lambda d, w: ["sft", "--config", SFT_GRPO, f"workdir={d / 'w'}", "stages.1.rewards={'iuo': 1.0}"],
+        ["stages.1.rewards", "reward 'iuo' does not exist"]),
     # ------------------------------------------------------------------------------------------------ demo
     "demo --steps -1": (lambda d, w: ["demo", "--steps", "-1"], ["--steps", "got -1"]),
     "demo --batch-size 0": (lambda d, w: ["demo", "--batch-size", "0"], ["--batch-size"]),
