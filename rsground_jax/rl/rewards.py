@@ -47,6 +47,13 @@ def _field(word, layout, name):
     return ((word >> shift) & ((1 << bits) - 1)).astype(jnp.int32)
 
 
+def _the(mask, values, empty=0):
+    """[N]: per row the value of `values` [T, N] at the one position where `mask` [T, N] holds (`empty` where
+    none): a masked reduction over the leading axis, which XLA:CPU vectorizes across rows, unlike an argmax."""
+    return jnp.where(mask, values, empty).max(0) if empty < 0 else jnp.where(mask, values, 0).sum(0) + \
+        jnp.where(mask.any(0), 0, empty)
+
+
 _TOKEN = parse.unpack_offsets(parse.TOKEN_FIELDS)
 _TAG1 = parse.unpack_offsets(parse.TAG_FIELDS)
 _TAG2 = parse.unpack_offsets(parse.TAG_FIELDS_2)
@@ -62,101 +69,105 @@ def parse_completions(tokens: jax.Array, lengths: jax.Array, tables: dict) -> di
 
     Bytes are counted in the reduced stream (`parse.reduce_bytes`), which preserves every tag and answer. A
     scan over the tokens runs the tag matcher (one packed word per token and state gives its next state and
-    the tags completed inside the token, and where); the answer block is the last `</answer>` and the last
-    `<answer>` that ends before it; a second scan runs the box automaton over the whole tokens between them,
-    accumulating the digits, with the at most two tokens the content covers in part read byte by byte.
+    the tags completed inside the token, and where) and counts bytes; the answer block is the last `</answer>`
+    and the last `<answer>` that ends before it; a second scan runs the box automaton over the whole tokens
+    between them, accumulating the digits, with the at most two tokens the content covers in part read byte by
+    byte. Everything runs time-major ([T, N]): reductions over tokens then vectorize across completions.
     """
     n, t = tokens.shape
-    vocab = tables["token_word"].shape[0]
-    live = jnp.arange(t)[None] < lengths[:, None]
-    tok = jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32)
+    vocab, states = tables["tag_word"].shape[:2]
+    live = (jnp.arange(t)[:, None] < lengths[None, :])  # [T, N]
+    tok = jnp.clip(tokens.T, 0, vocab - 1).astype(jnp.int32)
     word = tables["token_word"][tok]
     size = jnp.where(live, _field(word, _TOKEN, "len"), 0)
-    start = jnp.cumsum(size, axis=1) - size  # [N, T] the token's first byte in the completion's stream
-    end = start + size
+    tag_rows = tables["tag_word"].reshape(vocab * states, 2)  # one-index row gathers: XLA:CPU's fast path
 
-    def tag_step(m, xs):
-        ids, on = xs
-        w = tables["tag_word"][ids, m]  # [N, 2]
-        return jnp.where(on, _field(w[:, 0], _TAG1, "next"), m), w
+    def tag_step(carry, xs):
+        m, pos = carry
+        ids, on, nbytes = xs
+        w = tag_rows[ids * states + m]  # [N, 2]
+        return (jnp.where(on, _field(w[:, 0], _TAG1, "next"), m), pos + nbytes), (w, pos)
 
-    _, words = jax.lax.scan(tag_step, jnp.zeros((n,), jnp.int32), (tok.T, live.T))
-    w1 = jnp.where(live, words[..., 0].T, 0)
-    w2 = jnp.where(live, words[..., 1].T, 0)
+    _, (words, start) = jax.lax.scan(tag_step, (jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)),
+                                     (tok, live, size))
+    end = start + size  # start [T, N]: the token's first byte in the completion's stream
+    w1 = jnp.where(live, words[..., 0], 0)
+    w2 = jnp.where(live, words[..., 1], 0)
     none = jnp.int32(-1)
 
     def at(w, layout, name):  # a tag's '>' as a stream position, -1 where the token completes none
         off = _field(w, layout, name)
         return jnp.where(off > 0, start + off - 1, none)
 
-    close_end = at(w1, _TAG1, "close_last").max(1)
+    close_end = at(w1, _TAG1, "close_last").max(0)
     close_start = close_end - (len(parse.CLOSE) - 1)
-    before = close_start[:, None]
     opens = [at(w1, _TAG1, f) for f in ("open_first", "open_last")]
-    open_end = jnp.maximum(*[jnp.where(o < before, o, none).max(1) for o in opens])
+    open_end = jnp.maximum(*[jnp.where(o < close_start[None], o, none).max(0) for o in opens])
     block = (close_end >= 0) & (open_end >= 0)
     lo, hi = open_end + 1, close_start  # the content's bytes [lo, hi)
 
-    whole = live & (size > 0) & (start >= lo[:, None]) & (end <= hi[:, None])
-    partial = live & (size > 0) & (start < hi[:, None]) & (end > lo[:, None]) & ~whole
-    head = partial & (start < lo[:, None])  # holds the '>' of <answer>
-    tail = partial & (end > hi[:, None])  # holds the '<' of </answer>
-    rows = jnp.arange(n)
-    head_i, tail_i = jnp.argmax(head, axis=1), jnp.argmax(tail, axis=1)
-    has_head, has_tail = head.any(1), tail.any(1)
+    whole = live & (size > 0) & (start >= lo[None]) & (end <= hi[None])
+    partial = live & (size > 0) & (start < hi[None]) & (end > lo[None]) & ~whole
+    head = partial & (start < lo[None])  # the one token holding the '>' of <answer>
+    tail = partial & (end > hi[None])  # the one token holding the '<' of </answer>
+    has_head, has_tail = head.any(0), tail.any(0)
+    head_start, tail_start = _the(head, start), _the(tail, start)
     q = jnp.full((n,), parse.box_state("pre"), jnp.int32)
-    q = jnp.where(has_head, _content_bytes(q, tables, tok[rows, head_i], start[rows, head_i], lo, hi), q)
+    q = jnp.where(has_head, _content_bytes(q, tables, _the(head, tok), head_start, lo, hi), q)
 
     digits = jnp.where(whole & (_field(word, _TOKEN, "is_digit") > 0), _field(word, _TOKEN, "digit"), -1)
+    box_rows = tables["box_next"].reshape(-1)
+    nq = tables["box_next"].shape[1]
+    slots = jnp.arange(4)[:, None]
 
     def box_step(carry, xs):
-        q, ints, fracs, scale = carry
+        q, ints, fracs, scale = carry  # ints, fracs [4, N]: the numbers read so far
         ids, on, d = xs
         phase, k = q // 4, q % 4
         digit = d >= 0
-        df = d.astype(jnp.float32)[:, None]
-        which = jax.nn.one_hot(k, 4, dtype=bool)
+        df = d.astype(jnp.float32)[None]
+        which = slots == k[None]
         new_number = digit & (phase == _PHASE["num_start"])
         in_int = digit & (phase == _PHASE["int"])
         in_frac = digit & ((phase == _PHASE["dot"]) | (phase == _PHASE["frac"]))
-        ints = jnp.where(which & new_number[:, None], df, ints)
-        ints = jnp.where(which & in_int[:, None], ints * 10 + df, ints)
-        fracs = jnp.where(which & in_frac[:, None], fracs + df * scale[:, None], fracs)
+        ints = jnp.where(which & new_number[None], df, ints)
+        ints = jnp.where(which & in_int[None], ints * 10 + df, ints)
+        fracs = jnp.where(which & in_frac[None], fracs + df * scale[None], fracs)
         scale = jnp.where(new_number, 0.1, jnp.where(in_frac, scale * 0.1, scale))
-        q = jnp.where(on, tables["box_next"][ids, q].astype(jnp.int32), q)
+        q = jnp.where(on, box_rows[ids * nq + q].astype(jnp.int32), q)
         return (q, ints, fracs, scale), None
 
-    zeros4 = jnp.zeros((n, 4), jnp.float32)
-    (q, ints, fracs, _), _ = jax.lax.scan(box_step, (q, zeros4, zeros4, jnp.full((n,), 0.1)),
-                                          (tok.T, whole.T, digits.T))
-    separate_tail = has_tail & ~(has_head & (tail_i == head_i))
-    q = jnp.where(separate_tail, _content_bytes(q, tables, tok[rows, tail_i], start[rows, tail_i], lo, hi), q)
+    zeros4 = jnp.zeros((4, n), jnp.float32)
+    (q, ints, fracs, _), _ = jax.lax.scan(box_step, (q, zeros4, zeros4, jnp.full((n,), 0.1)), (tok, whole, digits))
+    separate_tail = has_tail & ~(has_head & (tail_start == head_start))
+    q = jnp.where(separate_tail, _content_bytes(q, tables, _the(tail, tok), tail_start, lo, hi), q)
     has_box = block & (q == parse.box_state("done", 3))
-    box = jnp.where(has_box[:, None], ints + fracs, 0.0)
+    box = jnp.where(has_box[:, None], (ints + fracs).T, 0.0)
 
     # format: one tag of each kind, <think> first, </answer> last, only whitespace between </think> and <answer>
     counts = [_field(w1, _TAG1, "open_count"), _field(w1, _TAG1, "close_count"),
               _field(w1, _TAG1, "think_open_count"), _field(w2, _TAG2, "think_close_count")]
-    once = jnp.all(jnp.stack([c.sum(1) for c in counts]) == 1, axis=0)
+    once = jnp.all(jnp.stack([c.sum(0) for c in counts]) == 1, axis=0)
     fs, ls = _field(word, _TOKEN, "first_solid"), _field(word, _TOKEN, "last_solid")
-    first_solid = jnp.where(live & (fs > 0), start + fs - 1, jnp.int32(2**30)).min(1)
-    last_solid = jnp.where(live & (ls > 0), start + ls - 1, none).max(1)
-    think_open_start = at(w1, _TAG1, "think_open_last").max(1) - (len(parse.THINK_OPEN) - 1)
-    think_close_end = at(w2, _TAG2, "think_close_last").max(1)
-    answer_open_start = opens[1].max(1) - (len(parse.OPEN) - 1)
+    first_solid = jnp.where(live & (fs > 0), start + fs - 1, jnp.int32(2**30)).min(0)
+    last_solid = jnp.where(live & (ls > 0), start + ls - 1, none).max(0)
+    think_open_start = at(w1, _TAG1, "think_open_last").max(0) - (len(parse.THINK_OPEN) - 1)
+    think_close_end = at(w2, _TAG2, "think_close_last").max(0)
+    answer_open_start = opens[1].max(0) - (len(parse.OPEN) - 1)
     a, b = think_close_end + 1, answer_open_start  # whitespace only in [a, b)
-    inside = live & (start >= a[:, None]) & (end <= b[:, None])
-    solid_between = jnp.where(inside, _field(word, _TOKEN, "solid"), 0).sum(1)
+    inside = live & (start >= a[None]) & (end <= b[None])
+    solid_between = jnp.where(inside, _field(word, _TOKEN, "solid"), 0).sum(0)
+    prefixes = tables["nonws_prefix"]
+    width = prefixes.shape[1]
+    flat_prefix = prefixes.reshape(-1).astype(jnp.int32)
     for edge in (a, b):  # the tokens the region covers in part, read from the prefix table
-        e = jnp.argmax(live & (start < edge[:, None]) & (end > edge[:, None]), axis=1)
-        s_e, n_e = start[rows, e], size[rows, e]
+        straddle = live & (start < edge[None]) & (end > edge[None])
+        s_e, n_e, t_e = _the(straddle, start), _the(straddle, size), _the(straddle, tok)
         lo_e, hi_e = jnp.clip(a - s_e, 0, n_e), jnp.clip(b - s_e, 0, n_e)
-        cut = (start[rows, e] < edge) & (end[rows, e] > edge) & (hi_e > lo_e)
+        cut = straddle.any(0) & (hi_e > lo_e)
         if edge is b:  # a token holding both edges is counted once
             cut &= ~((s_e < a) & (s_e + n_e > a))
-        prefix = tables["nonws_prefix"][tok[rows, e]]
-        solid_between += jnp.where(cut, jnp.take_along_axis(prefix, hi_e[:, None], 1)[:, 0]
-                                   - jnp.take_along_axis(prefix, lo_e[:, None], 1)[:, 0], 0).astype(jnp.int32)
+        solid_between += jnp.where(cut, flat_prefix[t_e * width + hi_e] - flat_prefix[t_e * width + lo_e], 0)
     fmt = (once & (think_open_start == first_solid) & (close_end == last_solid) & (think_close_end < answer_open_start)
            & (solid_between == 0) & has_box)
     return {"box": box, "has_box": has_box, "format": fmt}
