@@ -36,7 +36,7 @@ def get_config():
         max_new_tokens=256, dynamic_sampling=False, dynamic_sampling_oversample=2, mask_truncated_completions=True))
     c.rewards = ml_collections.ConfigDict(dict(format=0.5, iou=1.0))
     c.reward_options = ml_collections.ConfigDict()
-    c.coherence = ml_collections.ConfigDict(dict(enabled=False, kind="pairwise_iou", min_weight=0.5))
+    c.coherence = ml_collections.ConfigDict(dict(enabled=False, kind="target_pairwise_iou", min_weight=0.5))
     c.eval_images = 500
     c.log_every = 1
     c.checkpoint_every = 50

@@ -411,7 +411,7 @@ def _check_grpo_parts(node, source: str, prefix: str) -> None:
         raise ConfigError(f"{source}: {prefix}rewards: {e}") from None
     if not node.rewards:
         raise ConfigError(f"{source}: {prefix}rewards is empty: give at least one reward name and its weight")
-    kind = (node.get("coherence") or {}).get("kind", "pairwise_iou")
+    kind = (node.get("coherence") or {}).get("kind", "target_pairwise_iou")
     if kind not in COHERENCE:
         raise ConfigError(f"{source}: {prefix}coherence.kind={kind!r} is not one of {sorted(COHERENCE)}")
 

@@ -10,6 +10,8 @@ union is 0 (two degenerate boxes) scores IoU 0.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,6 +67,21 @@ def box_giou(pred, gt, xp=np):
     ch = xp.maximum(pred[..., 3], gt[..., 3]) - xp.minimum(pred[..., 1], gt[..., 1])
     c = xp.maximum(cw, 0.0) * xp.maximum(ch, 0.0)
     return xp.where(c > 0, iou - (c - union) / xp.where(c > 0, c, 1.0), -1.0)
+
+
+def box_diou(pred, gt, xp=np):
+    """Distance IoU of finite [..., 4] boxes: IoU - |c_pred - c_gt|^2 / d_C^2, with c the centres and d_C the
+    diagonal of the smallest box enclosing both; in [-1, 1] (IoU alone where that box is a point). The enclosing
+    box spans all four coordinates of each axis, so an inverted box (x2 < x1) cannot push it below -1."""
+    iou, _, _ = box_iou(pred, gt, xp)
+    dx = (pred[..., 0] + pred[..., 2] - gt[..., 0] - gt[..., 2]) / 2
+    dy = (pred[..., 1] + pred[..., 3] - gt[..., 1] - gt[..., 3]) / 2
+    xs = [pred[..., 0], pred[..., 2], gt[..., 0], gt[..., 2]]
+    ys = [pred[..., 1], pred[..., 3], gt[..., 1], gt[..., 3]]
+    cw = functools.reduce(xp.maximum, xs) - functools.reduce(xp.minimum, xs)
+    ch = functools.reduce(xp.maximum, ys) - functools.reduce(xp.minimum, ys)
+    d2 = cw**2 + ch**2
+    return iou - xp.where(d2 > 0, (dx**2 + dy**2) / xp.where(d2 > 0, d2, 1.0), 0.0)
 
 
 def grounding_metrics(pred_boxes: Sequence | np.ndarray, gt_boxes: Sequence | np.ndarray,

@@ -98,7 +98,7 @@ class GRPOStage:
     rewards: tuple[tuple[str, float], ...]
     reward_options: tuple = ()
     coherence: bool = False
-    coherence_kind: str = "pairwise_iou"
+    coherence_kind: str = "target_pairwise_iou"
     coherence_min_weight: float = 0.5
     warmup_steps: int = 0
     end_lr_fraction: float = 0.0
@@ -121,7 +121,7 @@ class GRPOStage:
                    max_prompt_length=st.max_prompt_length, grpo=grpo_settings(st),
                    rewards=tuple((k, float(v)) for k, v in st.rewards.items()),
                    reward_options=tuple((k, tuple(sorted(v.items()))) for k, v in options.items()),
-                   coherence=bool(coherence.enabled), coherence_kind=coherence.get("kind", "pairwise_iou"),
+                   coherence=bool(coherence.enabled), coherence_kind=coherence.get("kind", "target_pairwise_iou"),
                    coherence_min_weight=float(coherence.get("min_weight", 0.5)),
                    warmup_steps=int(st.get("warmup_steps", 0)), end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
                    freeze_vision=bool(st.get("freeze_vision", False)), clip_norm=st.get("clip_norm", 1.0),

@@ -11,6 +11,9 @@ resized-pixel frame the model answers in, boxes clipped to the image first:
   iou         [0, 1]: IoU with the target (`eval.metrics.box_iou`, the metric's own formula); 0 without a box
   giou        [-1, 1]: generalized IoU; -1 without a box
   positional  [0, 1]: `positional_reward`; 0 without a box
+  diou        [-1, 1]: distance IoU (DeepGrounder's box reward); -1 without a box
+  gaussian    [0, 1]: GUI-G2's Gaussian point reward of the predicted centre under the target's Gaussian; 0
+              without a box
 A new term is a function `(RewardInputs, **options) -> [N]` added to `REWARDS`.
 """
 
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data import answers as parse
-from ..eval.metrics import box_giou, box_iou
+from ..eval.metrics import box_diou, box_giou, box_iou
 
 _PHASE = {name: i for i, name in enumerate(parse.BOX_PHASES)}
 
@@ -207,6 +210,19 @@ def positional_reward(pred: jax.Array, gt: jax.Array, image_hw: jax.Array, *, io
     return iou_weight * iou + (1.0 - iou_weight) * jnp.exp(-dist / (scale * diag))
 
 
+def gaussian_point_reward(pred: jax.Array, gt: jax.Array, *, sigma_scale: float = 0.5) -> jax.Array:
+    """GUI-G2's point reward, [N] in [0, 1]: exp(-1/2 [(dx / s_x)^2 + (dy / s_y)^2]), d the centre offset and
+    s = sigma_scale x the target's width and height (at least a pixel). A candidate for the positional reward
+    that docs/method.md compares: it is local (it underflows to 0 a few target sizes away, so a box far off gets
+    no signal, which is what the positional reward is for)."""
+    pred, gt = pred.astype(jnp.float32), gt.astype(jnp.float32)
+    sx = jnp.maximum(sigma_scale * (gt[:, 2] - gt[:, 0]), 1.0)
+    sy = jnp.maximum(sigma_scale * (gt[:, 3] - gt[:, 1]), 1.0)
+    dx = (pred[:, 0] + pred[:, 2] - gt[:, 0] - gt[:, 2]) / 2
+    dy = (pred[:, 1] + pred[:, 3] - gt[:, 1] - gt[:, 3]) / 2
+    return jnp.exp(-0.5 * ((dx / sx) ** 2 + (dy / sy) ** 2))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class RewardInputs:
@@ -241,13 +257,24 @@ def _positional(x: RewardInputs, **options) -> jax.Array:
     return jnp.where(x.has_box, positional_reward(x.pred, x.gt, x.image_hw, **options), 0.0)
 
 
+def _diou(x: RewardInputs) -> jax.Array:
+    return jnp.where(x.has_box, box_diou(x.pred, x.gt, jnp), -1.0)
+
+
+def _gaussian(x: RewardInputs, **options) -> jax.Array:
+    return jnp.where(x.has_box, gaussian_point_reward(x.pred, x.gt, **options), 0.0)
+
+
 REWARDS: dict[str, Callable[..., jax.Array]] = {
     "format": _format,
     "iou": _iou,
     "giou": _giou,
     "positional": _positional,
+    "diou": _diou,
+    "gaussian": _gaussian,
 }
-REWARD_RANGES = {"format": (0.0, 1.0), "iou": (0.0, 1.0), "giou": (-1.0, 1.0), "positional": (0.0, 1.0)}
+REWARD_RANGES = {"format": (0.0, 1.0), "iou": (0.0, 1.0), "giou": (-1.0, 1.0), "positional": (0.0, 1.0),
+                 "diou": (-1.0, 1.0), "gaussian": (0.0, 1.0)}
 
 
 class RewardConfigError(ValueError):
@@ -281,24 +308,55 @@ def weighted_reward(terms: dict, weights: dict) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------- group coherence
+#
+# A coherence score [P] in [0, 1] of each group's G boxes [P, G, 4] (validity [P, G], target [P, 4], image
+# [P, 2]); `coherence_weights` maps it to the weight that scales the group's advantages. Answers without a box
+# count as incoherent. Forms and the reading of the ablation: docs/method.md.
+
+
+def _pair_mean(values, mask):
+    """The mean of [P, G, G] pair values over the G (G - 1) / 2 unordered pairs, pairs outside `mask` counting 0."""
+    g = values.shape[1]
+    upper = jnp.triu(jnp.ones((g, g), bool), k=1)
+    return jnp.sum(jnp.where(mask & upper, values, 0.0), axis=(1, 2)) / (g * (g - 1) / 2)
 
 
 def pairwise_iou_coherence(boxes: jax.Array, valid: jax.Array, gt: jax.Array, image_hw: jax.Array) -> jax.Array:
-    """[P] in [0, 1]: the mean IoU over the G (G - 1) / 2 pairs of a group's boxes [P, G, 4]; a pair with an
-    answer without a box counts 0. (The target is not used: a group that agrees on a wrong object is
-    coherent; its rewards, not this weight, say it is wrong.)"""
-    g = boxes.shape[1]
+    """The mean IoU over the pairs of a group's boxes; a pair with an answer without a box counts 0. It does not
+    look at the target: a group that agrees on a wrong object scores 1."""
     iou, _, _ = box_iou(boxes[:, :, None, :], boxes[:, None, :, :], jnp)
-    both = valid[:, :, None] & valid[:, None, :]
-    upper = jnp.triu(jnp.ones((g, g), bool), k=1)
-    return jnp.sum(jnp.where(both & upper, iou, 0.0), axis=(1, 2)) / (g * (g - 1) / 2)
+    return _pair_mean(iou, valid[:, :, None] & valid[:, None, :])
 
 
-COHERENCE: dict[str, Callable[..., jax.Array]] = {"pairwise_iou": pairwise_iou_coherence}
+def target_coherence(boxes: jax.Array, valid: jax.Array, gt: jax.Array, image_hw: jax.Array) -> jax.Array:
+    """The method's form: the mean pairwise IoU counting only pairs whose two boxes both overlap the target.
+    Rollouts that agree on the target score near 1; scattered ones low; answers without a box, and rollouts
+    that agree on a wrong object, 0 (coherent and wrong earns no weight)."""
+    iou, _, _ = box_iou(boxes[:, :, None, :], boxes[:, None, :, :], jnp)
+    on = valid & (box_iou(boxes, gt[:, None, :], jnp)[0] > 0)
+    return _pair_mean(iou, on[:, :, None] & on[:, None, :])
 
 
-def coherence_weights(boxes, valid, gt, image_hw, *, kind: str = "pairwise_iou", min_weight: float = 0.5):
-    """The spatial-consistency hook: per-group weights [P] in [min_weight, 1] that scale the group's
-    advantages, from the coherence score `COHERENCE[kind]` of its boxes [P, G, 4] (validity [P, G], target
-    [P, 4], image [P, 2]). The form is the next issue's subject; this is the switchable place for it."""
+def centre_spread_coherence(boxes: jax.Array, valid: jax.Array, gt: jax.Array, image_hw: jax.Array, *,
+                            scale: float = 0.1) -> jax.Array:
+    """share of valid answers x exp(-rms distance of the valid boxes' centres from their mean / (scale x image
+    diagonal)): 1 when every answer has a box and all centres coincide. Blind to the target, like pairwise_iou."""
+    c = (boxes[..., :2] + boxes[..., 2:]) / 2  # [P, G, 2]
+    n = valid.sum(1)
+    w = valid.astype(jnp.float32)[..., None]
+    mean = jnp.sum(c * w, axis=1) / jnp.maximum(n, 1)[:, None]
+    rms = jnp.sqrt(jnp.sum(jnp.sum((c - mean[:, None]) ** 2, -1) * w[..., 0], axis=1) / jnp.maximum(n, 1))
+    diag = jnp.sqrt(jnp.sum(image_hw.astype(jnp.float32) ** 2, axis=1))
+    return jnp.where(n > 0, n / boxes.shape[1] * jnp.exp(-rms / (scale * diag)), 0.0)
+
+
+COHERENCE: dict[str, Callable[..., jax.Array]] = {"target_pairwise_iou": target_coherence,
+                                                  "pairwise_iou": pairwise_iou_coherence,
+                                                  "centre_spread": centre_spread_coherence}
+
+
+def coherence_weights(boxes, valid, gt, image_hw, *, kind: str = "target_pairwise_iou", min_weight: float = 0.5):
+    """Per-group weights [P] in [min_weight, 1] that scale the group's advantages: min_weight + (1 - min_weight)
+    x the coherence score `COHERENCE[kind]` of its boxes [P, G, 4] (validity [P, G], target [P, 4], image
+    [P, 2])."""
     return min_weight + (1.0 - min_weight) * COHERENCE[kind](boxes, valid, gt, image_hw)

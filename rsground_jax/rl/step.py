@@ -48,7 +48,7 @@ class GRPOStepConfig:
     rewards: tuple[tuple[str, float], ...]  # (name, weight)
     reward_options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     coherence: bool = False
-    coherence_kind: str = "pairwise_iou"
+    coherence_kind: str = "target_pairwise_iou"
     coherence_min_weight: float = 0.5
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
@@ -187,6 +187,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
             "format": parsed["format"].mean(),
             "rollout_iou": iou.mean(),
             "rollout_pr@0.5": (iou > 0.5).mean(),
+            "rollout_no_overlap": (iou <= 0).mean(),  # where IoU gives no signal: no box, or a box off the target
             "pred_box_area": jnp.sum(jnp.where(has_box, area, 0.0)) / jnp.maximum(has_box.sum(), 1),
             "coherence_weight": coh.mean(),
             "zero_variance_groups": (spread == 0).sum().astype(jnp.float32),

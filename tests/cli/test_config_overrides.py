@@ -40,12 +40,17 @@ def test_every_shipped_config_passes_the_schema():
     import glob
 
     from rsground_jax.configs import check_experiment, check_grpo_config
+    from rsground_jax.rl.ablation import check_ablation_config
 
-    paths = glob.glob("configs/*.py") + ["tests/reliability/tiny_sft.py", "tests/reliability/tiny_grpo.py"]
-    grpo = [p for p in paths if "grpo" in p.rsplit("/", 1)[-1]]
-    assert len(grpo) >= 3
+    paths = glob.glob("configs/*.py") + ["tests/reliability/tiny_sft.py", "tests/reliability/tiny_grpo.py",
+                                         "tests/reliability/tiny_sft_grpo.py"]
+    name = lambda p: p.rsplit("/", 1)[-1]  # noqa: E731
+    grpo = [p for p in paths if name(p).startswith(("grpo", "tiny_grpo"))]
+    ablation = [p for p in paths if name(p).startswith("ablation")]
+    assert len(grpo) >= 3 and ablation
     for path in paths:
-        (check_grpo_config if path in grpo else check_experiment)(load_config(path), path)
+        check = check_grpo_config if path in grpo else check_ablation_config if path in ablation else check_experiment
+        check(load_config(path), path)
 
 
 @pytest.mark.parametrize("override, message", [

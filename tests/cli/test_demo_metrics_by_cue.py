@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rsground_jax.cli.demo import metrics_by_cue
+from rsground_jax.eval.cues import metrics_by_cue
 from rsground_jax.data.records import GroundingRecord
 from rsground_jax.eval.metrics import grounding_metrics
 

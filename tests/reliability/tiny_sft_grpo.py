@@ -39,6 +39,6 @@ def get_config():
         max_prompt_length=96,
         grpo=dict(num_generations=4, beta=0.04, temperature=1.0, max_new_tokens=40),
         rewards=dict(format=0.25, iou=1.0, positional=0.5),
-        coherence=dict(enabled=True, kind="pairwise_iou", min_weight=0.5)))
+        coherence=dict(enabled=True, kind="target_pairwise_iou", min_weight=0.5)))
     c.stages = [sft, grpo]
     return c

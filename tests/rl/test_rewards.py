@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from rsground_jax.data.tokenizer import load_small_tokenizer
-from rsground_jax.eval.metrics import box_iou
+from rsground_jax.eval.metrics import box_diou, box_iou
 from rsground_jax.rl import REWARDS, TokenBytes, positional_reward
 from rsground_jax.rl.rewards import (
-    REWARD_RANGES, RewardConfigError, check_reward_weights, coherence_weights, reward_terms,
+    COHERENCE, REWARD_RANGES, RewardConfigError, check_reward_weights, coherence_weights, gaussian_point_reward,
+    reward_terms,
 )
 
 
@@ -91,23 +92,94 @@ def test_positional_reward_properties(rng):
         assert np.all(np.isfinite(v)) and np.all((v >= 0) & (v <= 1 + 1e-6))
 
 
-def test_coherence_weights(rng):
-    P, G = 6, 8
-    hw = np.full((P, 2), 500.0, np.float32)
+def _groups(rng, P, G, hw):
+    return _boxes(rng, P * G, np.repeat(hw, G, axis=0)).reshape(P, G, 4)
+
+
+def _score(kind, boxes, valid, gt, hw):
+    return np.asarray(COHERENCE[kind](*(jnp.asarray(x) for x in (boxes, valid, gt, hw))))
+
+
+@pytest.mark.parametrize("kind", sorted(COHERENCE))
+def test_coherence_scores_stay_in_range_and_identical_boxes_on_the_target_score_1(rng, kind):
+    P, G = 64, 8
+    hw = rng.integers(56, 900, (P, 2)).astype(np.float32)
     gt = _boxes(rng, P, hw)
+    gt[:, 2] = np.maximum(gt[:, 2], gt[:, 0] + 4)  # targets with an area
+    gt[:, 3] = np.maximum(gt[:, 3], gt[:, 1] + 4)
+    valid = rng.random((P, G)) < 0.8
+    for boxes in (_groups(rng, P, G, hw), np.repeat(gt[:, None], G, axis=1)):
+        s = _score(kind, boxes, valid, gt, hw)
+        assert s.shape == (P,) and np.all(np.isfinite(s)) and s.min() >= 0 and s.max() <= 1 + 1e-6
     same = np.repeat(gt[:, None], G, axis=1)
+    np.testing.assert_allclose(_score(kind, same, np.ones((P, G), bool), gt, hw), 1.0, rtol=1e-5)
+    # no answer with a box: the least coherent
+    np.testing.assert_allclose(_score(kind, same, np.zeros((P, G), bool), gt, hw), 0.0)
+    # half the answers without a box: at most what the valid half alone could earn
+    half = np.arange(G) < G // 2
+    assert np.all(_score(kind, same, np.broadcast_to(half, (P, G)), gt, hw) <= 0.5 + 1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(COHERENCE))
+def test_scattered_boxes_score_below_agreeing_ones(rng, kind):
+    P, G = 32, 8
+    hw = np.full((P, 2), 800.0, np.float32)
+    gt = np.tile(np.array([[380, 380, 420, 420]], np.float32), (P, 1))
     valid = np.ones((P, G), bool)
-    w = np.asarray(coherence_weights(jnp.asarray(same), jnp.asarray(valid), jnp.asarray(gt), jnp.asarray(hw),
-                                     min_weight=0.3))
-    nondegenerate = (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
-    np.testing.assert_allclose(w[nondegenerate], 1.0, rtol=1e-6)  # a group in full agreement keeps its advantages
-    scattered = _boxes(rng, P * G, np.repeat(hw, G, axis=0)).reshape(P, G, 4)
-    w2 = np.asarray(coherence_weights(jnp.asarray(scattered), jnp.asarray(valid), jnp.asarray(gt), jnp.asarray(hw),
-                                      min_weight=0.3))
-    w3 = np.asarray(coherence_weights(jnp.asarray(same), jnp.zeros((P, G), bool), jnp.asarray(gt), jnp.asarray(hw),
-                                      min_weight=0.3))
-    assert np.all((w2 >= 0.3) & (w2 <= 1)) and np.all(w2[nondegenerate] < 1)
-    np.testing.assert_allclose(w3, 0.3)  # no box at all: the least weight
+    jitter = rng.normal(0, 2, (P, G, 4)).astype(np.float32)
+    agree = np.repeat(gt[:, None], G, axis=1) + jitter
+    centres = rng.uniform(20, 780, (P, G, 2))
+    scattered = np.concatenate([centres - 20, centres + 20], -1).astype(np.float32)
+    scattered[:, 0] = gt  # one rollout still on the target
+    assert np.all(_score(kind, scattered, valid, gt, hw) < _score(kind, agree, valid, gt, hw))
+
+
+def test_coherent_and_wrong_earns_no_weight(rng):
+    P, G = 16, 8
+    hw = np.full((P, 2), 600.0, np.float32)
+    gt = np.tile(np.array([[100, 100, 140, 140]], np.float32), (P, 1))
+    wrong = np.tile(np.array([[400, 400, 440, 440]], np.float32), (P, 1))  # another object, no overlap
+    on_wrong = np.repeat(wrong[:, None], G, axis=1) + rng.normal(0, 1, (P, G, 4)).astype(np.float32)
+    valid = np.ones((P, G), bool)
+    # the target-blind forms call such a group coherent ...
+    assert np.all(_score("pairwise_iou", on_wrong, valid, gt, hw) > 0.8)
+    # ... the method's form gives it none of the coherence weight, while the same agreement on the target gets it
+    w = np.asarray(coherence_weights(*(jnp.asarray(x) for x in (on_wrong, valid, gt, hw)), min_weight=0.3))
+    np.testing.assert_allclose(w, 0.3)
+    on_target = on_wrong - wrong[:, None] + gt[:, None]
+    w_right = np.asarray(coherence_weights(*(jnp.asarray(x) for x in (on_target, valid, gt, hw)), min_weight=0.3))
+    assert np.all(w_right > 0.85) and np.all(w_right <= 1)
+
+
+def test_weights_span_min_weight_to_1(rng):
+    P, G = 16, 8
+    hw = np.full((P, 2), 500.0, np.float32)
+    gt = np.tile(np.array([[10, 10, 60, 60]], np.float32), (P, 1))
+    boxes = _groups(rng, P, G, hw)
+    valid = rng.random((P, G)) < 0.7
+    for m in (0.0, 0.25, 1.0):
+        w = np.asarray(coherence_weights(*(jnp.asarray(x) for x in (boxes, valid, gt, hw)), min_weight=m))
+        s = _score("target_pairwise_iou", boxes, valid, gt, hw)
+        np.testing.assert_allclose(w, m + (1 - m) * s, rtol=1e-6)
+
+
+def test_diou_and_gaussian_equal_their_formulas(rng):
+    n = 2000
+    hw = rng.integers(28, 1000, (n, 2)).astype(np.float32)
+    pred, gt = _boxes(rng, n, hw).astype(np.float64), _boxes(rng, n, hw).astype(np.float64)
+    iou = box_iou(pred, gt)[0]
+    c = lambda b: np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)  # noqa: E731
+    xs, ys = np.stack([pred[:, 0], pred[:, 2], gt[:, 0], gt[:, 2]]), np.stack([pred[:, 1], pred[:, 3], gt[:, 1], gt[:, 3]])
+    enclosing = np.stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)], 1)
+    d2 = (enclosing[:, 2] - enclosing[:, 0]) ** 2 + (enclosing[:, 3] - enclosing[:, 1]) ** 2
+    want = iou - np.where(d2 > 0, np.sum((c(pred) - c(gt)) ** 2, 1) / np.where(d2 > 0, d2, 1), 0)
+    got = np.asarray(box_diou(jnp.asarray(pred, jnp.float32), jnp.asarray(gt, jnp.float32), jnp))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(box_diou(pred, gt), want, atol=1e-12)  # the numpy path is the same formula
+    s = np.maximum(0.5 * (gt[:, 2:] - gt[:, :2]), 1.0)
+    want_g = np.exp(-0.5 * np.sum(((c(pred) - c(gt)) / s) ** 2, 1))
+    got_g = np.asarray(gaussian_point_reward(jnp.asarray(pred, jnp.float32), jnp.asarray(gt, jnp.float32)))
+    np.testing.assert_allclose(got_g, want_g, atol=1e-5)
 
 
 def test_unknown_reward_is_refused():

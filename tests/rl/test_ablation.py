@@ -1,0 +1,86 @@
+"""`rsground ablate`: the summary's statistics against a hand computation, and the command itself at the
+smallest size through the installed `rsground`: a run, a rerun that adds a seed without retraining the first,
+and a rerun with another setting refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from rsground_jax.rl.ablation import SFT_ROW, summarize, table_markdown
+
+REPO = Path(__file__).resolve().parents[2]
+RSGROUND = Path(sys.executable).parent / "rsground"
+
+
+def _result(p5, p7, miou, cue=0.3, no_overlap=None):
+    out = {"test": {"overall": {"Pr@0.5": p5, "Pr@0.7": p7, "meanIoU": miou},
+                    "by_cue": {"ordinal": {"Pr@0.5": cue, "n": 10}, "positional": {"Pr@0.5": cue, "n": 12}}}}
+    if no_overlap is not None:
+        out["train"] = {"no_overlap_last": no_overlap}
+    return out
+
+
+def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
+    cfg = ml_collections.ConfigDict({"variants": [dict(name="a", label="A", rung=True),
+                                                  dict(name="b", label="B", rung=True),
+                                                  dict(name="alt", label="Alt", rung=False)]})
+    x = rng.uniform(0.1, 0.5, (4, 3, 3))  # [row, seed, metric]
+    names = [SFT_ROW, "a", "b", "alt"]
+    results = {n: {s: _result(*x[i, s], no_overlap=None if n == SFT_ROW else 0.4 + 0.01 * s) for s in range(3)}
+               for i, n in enumerate(names)}
+    summary = summarize(cfg, results, num_test=99)
+    rows = summary["rows"]
+    assert summary["order"] == names
+    for i, n in enumerate(names):
+        for j, m in enumerate(("Pr@0.5", "Pr@0.7", "meanIoU")):
+            assert np.isclose(rows[n][m]["mean"], 100 * x[i, :, j].mean())
+            assert np.isclose(rows[n][m]["std"], 100 * x[i, :, j].std(ddof=1))
+    # a rung against the rung before it, an alternative against CoT-SFT: per-seed differences
+    for n, prev in (("a", SFT_ROW), ("b", "a"), ("alt", SFT_ROW)):
+        i, k = names.index(n), names.index(prev)
+        d = 100 * (x[i, :, 2] - x[k, :, 2])
+        assert np.isclose(rows[n]["delta"]["meanIoU"]["mean"], d.mean())
+        assert np.isclose(rows[n]["delta"]["meanIoU"]["std"], d.std(ddof=1))
+    assert "delta" not in rows[SFT_ROW] and "no_overlap" not in rows[SFT_ROW]
+    assert np.isclose(rows["b"]["no_overlap"]["mean"], 41.0)
+    md = table_markdown(summary)
+    assert "n=99" in md and md.count("\n| ") >= 2 * len(names)
+
+
+VARIANTS = ("variants=[{'name': 'iou', 'label': 'GRPO, IoU', 'rung': True, 'set': {'rewards': {'format': 0.25, "
+            "'iou': 1.0}}}, {'name': 'consistency', 'label': '+ consistency', 'rung': True, 'set': {'rewards': "
+            "{'format': 0.25, 'positional': 1.0}, 'coherence': {'enabled': True, 'kind': 'target_pairwise_iou', "
+            "'min_weight': 0.5}}}]")
+
+
+def _ablate(work, seeds, *extra):
+    return subprocess.run([str(RSGROUND), "ablate", "--config", str(REPO / "configs" / "ablation_demo.py"),
+                           "--seeds", str(seeds), f"workdir={work}", "sft.stages.0.steps=2", "grpo.steps=2",
+                           "data.num_images=24", "eval_records=8", VARIANTS, *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_ablate_runs_resumes_with_another_seed_and_refuses_other_settings(tmp_path):
+    work = tmp_path / "abl"
+    out = _ablate(work, 1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first = (work / "seed0" / "iou" / "report.json").stat().st_mtime_ns
+    out = _ablate(work, 2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (work / "seed0" / "iou" / "report.json").stat().st_mtime_ns == first  # seed 0 was not trained again
+    assert "seed 0: GRPO" not in out.stdout and "seed 1: GRPO consistency" in out.stdout
+    summary = json.loads((work / "ablation.json").read_text())["summary"]
+    assert summary["order"] == [SFT_ROW, "iou", "consistency"]
+    rows = summary["rows"]
+    assert all(rows[n]["seeds"] == [0, 1] and rows[n]["meanIoU"]["std"] is not None for n in summary["order"])
+    assert rows["consistency"]["against"] == "GRPO, IoU" and rows["iou"]["against"] == "CoT-SFT"
+    assert 0 <= rows["iou"]["no_overlap"]["mean"] <= 100
+    assert (work / "ablation.md").read_text() in out.stdout and (work / "ablation.png").stat().st_size > 0
+    refused = _ablate(work, 2, "grpo.lr=0.001")
+    assert refused.returncode == 2 and "grpo.lr" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
