@@ -7,7 +7,8 @@
 3. Scores on the test expressions whose target shares its category with another object in the image:
    the best constant box (the box that maximizes meanIoU on the training split), the base model, and the
    model after CoT-SFT on the training split (reasoning, then the box; the vision tower stays frozen
-   unless --train-vision).
+   unless --train-vision), and the model after a short GRPO run from it (--grpo-steps; the method's rewards:
+   format + the positional reward, groups weighted by the spatial consistency of their rollouts).
 4. Prints the table (Pr@0.5, meanIoU), then Pr@0.5 by the kind of cue (absolute, ordinal, relative: the
    positional queries; size), and writes results, predictions and pictures to the work directory.
 """
@@ -20,10 +21,12 @@ import os
 import time
 
 from ..eval.cues import CUE_COLUMNS, POSITIONAL_CUES, metrics_by_cue, shares_category
-from .main import EXIT_STOPPED, UserError, positive_float, positive_int
+from .main import EXIT_STOPPED, UserError, non_negative_int, positive_float, positive_int
+
+DEMO_GRPO_STEPS = 60
 
 # The arguments a demo workdir's data and checkpoints depend on: a rerun in the same workdir must repeat them.
-SETTINGS = ("num_images", "steps", "batch_size", "lr", "seed", "cot", "base", "train_vision")
+SETTINGS = ("num_images", "steps", "batch_size", "lr", "seed", "cot", "base", "train_vision", "grpo_steps")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cot", choices=("brief", "full"), default="brief",
                    help="reasoning form: 'brief' (the cue restated in a few words, e.g. 'Number 2 from the left.', then "
                         "the box) or 'full' (also the image size, every candidate box and the evidence)")
+    p.add_argument("--grpo-steps", type=non_negative_int, default=DEMO_GRPO_STEPS,
+                   help="GRPO steps after CoT-SFT (8 prompts x 8 rollouts each; the method's rewards: format + "
+                        "positional, with spatial-consistency weighting); 0 skips the stage")
     p.add_argument("--base", default="base", help="base model directory ('base': the packaged one)")
     p.add_argument("--train-vision", action="store_true",
                    help="also train the vision tower during CoT-SFT (by default it stays as the base left it)")
@@ -182,13 +188,24 @@ def _run(args, lock) -> int:
     results["after CoT-SFT"] = ev_cot.metrics
     by_cue["after CoT-SFT"] = metrics_by_cue(test, ev_cot.predictions)
 
+    final, final_name = ev_cot, "cot"
+    grpo_info = None
+    if args.grpo_steps:
+        ev_grpo, grpo_info = _grpo_stage(args, model, train, tok, proc, cot_template, buckets, max_new, test, t0)
+        if ev_grpo is None:
+            return EXIT_STOPPED
+        results["after GRPO"] = ev_grpo.metrics
+        by_cue["after GRPO"] = metrics_by_cue(test, ev_grpo.predictions)
+        final, final_name = ev_grpo, "grpo"
+
     atomic_write_json(os.path.join(args.workdir, "demo_results.json"),
                       {"results": results, "by_cue": by_cue, "constant_box_normalized": const.tolist(),
-                       "seconds": time.time() - t0}, indent=2)
-    with atomic_path(os.path.join(args.workdir, "cot_predictions.jsonl")) as tmp, open(tmp, "w") as f:
-        for row in ev_cot.predictions:
-            f.write(json.dumps(row) + "\n")
-    grid(ev_cot.predictions[:16], os.path.join(args.workdir, "cot_predictions.png"))
+                       "grpo": grpo_info, "seconds": time.time() - t0}, indent=2)
+    for name, ev in (("cot", ev_cot), *((("grpo", final),) if final_name == "grpo" else ())):
+        with atomic_path(os.path.join(args.workdir, f"{name}_predictions.jsonl")) as tmp, open(tmp, "w") as f:
+            for row in ev.predictions:
+                f.write(json.dumps(row) + "\n")
+        grid(ev.predictions[:16], os.path.join(args.workdir, f"{name}_predictions.png"))
     print(f"\nTest expressions whose target shares its category with another object (n={len(test)}):")
     print(f"{'':22s} {'Pr@0.5':>8s} {'meanIoU':>8s}")
     for name, m in results.items():
@@ -201,7 +218,53 @@ def _run(args, lock) -> int:
     for name, cues in by_cue.items():
         print(f"{name:22s}" + "".join(f"{100 * cues[k]['Pr@0.5']:12.1f}" if k in cues else f"{'-':>12s}"
                                       for k in CUE_COLUMNS))
-    example = next((r for r in ev_cot.predictions if r["pred_box"] is not None), ev_cot.predictions[0])
-    print(f"\nexample: \"{example['expression']}\"\n{example['text']}")
-    print(f"\n[{time.time() - t0:5.0f}s] wrote {args.workdir}/demo_results.json, cot_predictions.jsonl, cot_predictions.png")
+    if grpo_info:
+        d5 = 100 * (results["after GRPO"]["Pr@0.5"] - results["after CoT-SFT"]["Pr@0.5"])
+        di = 100 * (results["after GRPO"]["meanIoU"] - results["after CoT-SFT"]["meanIoU"])
+        print(f"\nGRPO here is a short run ({grpo_info['steps']} steps of {grpo_info['prompts_per_step']} prompts x "
+              f"{grpo_info['generations']} rollouts, {grpo_info['seconds']:.0f} s): {d5:+.1f} Pr@0.5, {di:+.1f} meanIoU "
+              "against CoT-SFT, one seed, no spread. What the positional reward and the consistency weighting "
+              "change, measured over seeds with their spread, is in docs/method.md (`rsground ablate`).")
+    example = next((r for r in final.predictions if r["pred_box"] is not None), final.predictions[0])
+    print(f"\nexample ({'after GRPO' if final_name == 'grpo' else 'after CoT-SFT'}): \"{example['expression']}\"\n"
+          f"{example['text']}")
+    written = ", ".join(f"{n}_predictions.jsonl, {n}_predictions.png" for n in ("cot", "grpo")
+                        if n == "cot" or final_name == "grpo")
+    print(f"\n[{time.time() - t0:5.0f}s] wrote {args.workdir}/demo_results.json, {written}")
     return 0
+
+
+def _grpo_stage(args, model, train, tok, proc, template, buckets, max_new, test, t0):
+    """GRPO from the CoT-SFT model (also its KL reference) with the method's defaults; returns (evaluation, info),
+    or (None, None) when the stage was stopped and saved."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from ..eval.evaluate import evaluate
+    from ..rl.config import GRPOConfig
+    from ..rl.experiment import GRPOStage, train_grpo
+
+    stage = GRPOStage(
+        name="grpo", steps=args.grpo_steps, batch_size=64, lr=1e-4, max_prompt_length=96,
+        grpo=GRPOConfig(num_generations=8, beta=0.04, temperature=1.0, max_new_tokens=48),
+        rewards=(("format", 0.25), ("positional", 1.0)), coherence=True, coherence_kind="target_pairwise_iou",
+        coherence_min_weight=0.5, freeze_vision=not args.train_vision, seed=args.seed, log_every=10,
+        checkpoint_every=args.grpo_steps)
+    ref = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    ts = time.time()
+    res, _ = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(args.workdir, "grpo"), resume=True,
+                        progress=True, run_info={"reference": "the demo's CoT-SFT model"})
+    if res.preempted:
+        print(f"[{time.time() - t0:5.0f}s] GRPO stopped at step {int(res.state.step)} of {args.grpo_steps} and saved; "
+              "run the same command again to continue", flush=True)
+        return None, None
+    seconds = time.time() - ts
+    last = res.history[-1] if res.history else {}
+    print(f"[{time.time() - t0:5.0f}s] GRPO: {args.grpo_steps} steps"
+          + (f", rollout IoU {last['rollout_iou']:.3f}, reward {last['reward']:.3f}" if last else
+             " (already done: resumed at the end)"))
+    ev = evaluate(model, test, tok, proc, template=template, batch_size=32, max_new_tokens=max_new,
+                  length_buckets=buckets)
+    return ev, {"steps": args.grpo_steps, "prompts_per_step": 8, "generations": 8, "seconds": seconds,
+                "rewards": dict(stage.rewards), "coherence": stage.coherence_kind}

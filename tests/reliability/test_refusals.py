@@ -234,6 +234,7 @@ CASES = {
         ["stages.1.rewards", "reward 'iuo' does not exist"]),
     # ------------------------------------------------------------------------------------------------ demo
     "demo --steps -1": (lambda d, w: ["demo", "--steps", "-1"], ["--steps", "got -1"]),
+    "demo --grpo-steps -2": (lambda d, w: ["demo", "--grpo-steps", "-2"], ["--grpo-steps", "got -2"]),
     "demo --batch-size 0": (lambda d, w: ["demo", "--batch-size", "0"], ["--batch-size"]),
     "demo --num-images 0": (lambda d, w: ["demo", "--num-images", "0"], ["--num-images"]),
     "demo --lr -1": (lambda d, w: ["demo", "--lr", "-1"], ["--lr", "positive number"]),
