@@ -64,5 +64,7 @@ def get_config():
              set=dict(rewards=REWARD_POSITIONAL, coherence=CONSISTENCY)),
         dict(name="giou", label="GIoU reward (published)", rung=False, set=dict(rewards=dict(format=0.25, giou=1.0))),
         dict(name="diou", label="DIoU reward (published)", rung=False, set=dict(rewards=dict(format=0.25, diou=1.0))),
+        dict(name="gaussian", label="Gaussian point reward (published)", rung=False,
+             set=dict(rewards=dict(format=0.25, gaussian=1.0))),
     ]
     return c

@@ -75,6 +75,18 @@ def grpo_config(cfg, seed: int, variant: dict, root: str) -> ml_collections.Conf
     return g
 
 
+def ablation_differences(saved: dict, now: dict) -> list[str]:
+    """What a rerun may not change: every setting but the variants, and any variant that has run under its
+    name. New variants may be added (and old ones left out of the table)."""
+    out = config_differences({k: v for k, v in saved.items() if k != "variants"},
+                             {k: v for k, v in now.items() if k != "variants"})
+    before = {v["name"]: v for v in saved.get("variants", [])}
+    for v in now.get("variants", []):
+        if v["name"] in before and before[v["name"]] != v:
+            out.append(f"variants.{v['name']}: {before[v['name']]!r} then, {v!r} now (give a changed variant a new name)")
+    return out
+
+
 def _done(folder: str) -> bool:
     return (Path(folder) / "model" / "model.safetensors").is_file() and (Path(folder) / "report.json").is_file()
 
@@ -120,9 +132,9 @@ def run_ablation(cfg, seeds: int, *, progress: bool = True, source: str = "confi
     check_ablation_config(cfg, source)
     root = cfg.workdir
     os.makedirs(root, exist_ok=True)
-    # one ablation per workdir; a rerun continues it and may add seeds, nothing else may change
+    # one ablation per workdir; a rerun continues it and may add seeds and variants, nothing else may change
     settings = {k: v for k, v in plain_config(cfg).items() if k != "workdir"}
-    lock = claim(root, settings, resume=True, command="ablate", differences=config_differences)
+    lock = claim(root, settings, resume=True, command="ablate", differences=ablation_differences)
     try:
         lock.commit()
         return _run(cfg, seeds, root, progress)

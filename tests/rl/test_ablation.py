@@ -84,3 +84,15 @@ def test_ablate_runs_resumes_with_another_seed_and_refuses_other_settings(tmp_pa
     assert (work / "ablation.md").read_text() in out.stdout and (work / "ablation.png").stat().st_size > 0
     refused = _ablate(work, 2, "grpo.lr=0.001")
     assert refused.returncode == 2 and "grpo.lr" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_rerun_may_add_variants_but_not_change_one_that_ran():
+    from rsground_jax.rl.ablation import ablation_differences
+
+    a = dict(name="a", label="A", rung=True, set={"rewards": {"iou": 1.0}})
+    saved = {"grpo": {"lr": 1e-4}, "variants": [a]}
+    assert ablation_differences(saved, {"grpo": {"lr": 1e-4}, "variants": [a, dict(a, name="b")]}) == []
+    assert ablation_differences(saved, {"grpo": {"lr": 1e-4}, "variants": []}) == []
+    changed = ablation_differences(saved, {"grpo": {"lr": 1e-4}, "variants": [dict(a, set={"rewards": {"giou": 1.0}})]})
+    assert len(changed) == 1 and changed[0].startswith("variants.a")
+    assert ablation_differences(saved, {"grpo": {"lr": 3e-4}, "variants": [a]})[0].startswith("grpo.lr")
