@@ -23,7 +23,7 @@ import time
 from ..eval.cues import CUE_COLUMNS, POSITIONAL_CUES, metrics_by_cue, shares_category
 from .main import EXIT_STOPPED, UserError, non_negative_int, positive_float, positive_int
 
-DEMO_GRPO_STEPS = 60
+DEMO_GRPO_STEPS = 40
 
 # The arguments a demo workdir's data and checkpoints depend on: a rerun in the same workdir must repeat them.
 SETTINGS = ("num_images", "steps", "batch_size", "lr", "seed", "cot", "base", "train_vision", "grpo_steps")
