@@ -208,8 +208,22 @@ def summarize(cfg, results: dict, num_test: int) -> dict:
         rows[name]["delta"] = {m: _mean_std([100 * (results[name][s]["test"]["overall"][m]
                                                     - results[prev][s]["test"]["overall"][m]) for s in common])
                                for m in METRICS}
+        se = [_paired_se(results[name][s]["test"].get("iou"), results[prev][s]["test"].get("iou")) for s in common]
+        if se and all(x is not None for x in se):
+            rows[name]["delta_se"] = {m: float(np.mean([x[m] for x in se])) for m in ("Pr@0.5", "meanIoU")}
     return {"num_test": num_test, "rows": rows, "order": [n for n in [SFT_ROW] + [v["name"] for v in cfg.variants]
                                                           if n in rows]}
+
+
+def _paired_se(iou_a, iou_b) -> dict | None:
+    """The standard error of a difference in Pr@0.5 and meanIoU (points) from the noise of the test expressions
+    alone, paired by expression: what one seed's difference may be off by before seeds vary at all."""
+    if not iou_a or not iou_b or len(iou_a) != len(iou_b):
+        return None
+    a, b = np.asarray(iou_a, np.float64), np.asarray(iou_b, np.float64)
+    n = len(a)
+    return {"Pr@0.5": 100 * float(np.std((a > 0.5).astype(float) - (b > 0.5), ddof=1) / np.sqrt(n)),
+            "meanIoU": 100 * float(np.std(a - b, ddof=1) / np.sqrt(n))}
 
 
 def _fmt(ms: dict | None, signed: bool = False) -> str:
@@ -221,15 +235,18 @@ def _fmt(ms: dict | None, signed: bool = False) -> str:
 
 def table_markdown(summary: dict) -> str:
     lines = [f"Test expressions whose target shares its category with another object (n={summary['num_test']}); "
-             "mean ± standard deviation over seeds; Δ: the per-seed difference from the row named, mean ± std.", "",
-             "| run | seeds | Pr@0.5 | Pr@0.7 | meanIoU | Δ Pr@0.5 | Δ meanIoU | against | rollouts with no overlap (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "mean ± standard deviation over seeds; Δ: the per-seed difference from the row named, mean ± std over "
+             "seeds; s.e.: the standard error of one seed's Δ from the test expressions alone (paired), Pr@0.5 / "
+             "meanIoU.", "",
+             "| run | seeds | Pr@0.5 | Pr@0.7 | meanIoU | Δ Pr@0.5 | Δ meanIoU | s.e. of Δ | against | rollouts with no overlap (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in summary["order"]:
         r = summary["rows"][name]
         d = r.get("delta", {})
+        se = f"{r['delta_se']['Pr@0.5']:.1f} / {r['delta_se']['meanIoU']:.1f}" if r.get("delta_se") else "-"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {_fmt(r['Pr@0.5'])} | {_fmt(r['Pr@0.7'])} | "
                      f"{_fmt(r['meanIoU'])} | {_fmt(d.get('Pr@0.5'), True)} | {_fmt(d.get('meanIoU'), True)} | "
-                     f"{r.get('against', '-')} | {_fmt(r.get('no_overlap'))} |")
+                     f"{se} | {r.get('against', '-')} | {_fmt(r.get('no_overlap'))} |")
     cues = [c for c in CUE_COLUMNS if all(c in summary["rows"][n]["by_cue"] for n in summary["order"])]
     lines += ["", "Pr@0.5 by the kind of cue (positional: absolute, ordinal and relative together):", "",
               "| run | " + " | ".join(cues) + " |", "|---|" + "---|" * len(cues)]

@@ -49,6 +49,17 @@ def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
         assert np.isclose(rows[n]["delta"]["meanIoU"]["std"], d.std(ddof=1))
     assert "delta" not in rows[SFT_ROW] and "no_overlap" not in rows[SFT_ROW]
     assert np.isclose(rows["b"]["no_overlap"]["mean"], 41.0)
+    # with per-expression IoUs, the paired standard error of one seed's difference, averaged over seeds
+    ious = {n: {s: rng.uniform(0, 1, 50) for s in range(3)} for n in names}
+    for n in names:
+        for s in range(3):
+            results[n][s]["test"]["iou"] = ious[n][s].tolist()
+    rows = summarize(cfg, results, num_test=50)["rows"]
+    hit = lambda n, s: (ious[n][s] > 0.5).astype(float)  # noqa: E731
+    want = np.mean([np.std(hit("b", s) - hit("a", s), ddof=1) / np.sqrt(50) for s in range(3)]) * 100
+    assert np.isclose(rows["b"]["delta_se"]["Pr@0.5"], want)
+    want = np.mean([np.std(ious["b"][s] - ious["a"][s], ddof=1) / np.sqrt(50) for s in range(3)]) * 100
+    assert np.isclose(rows["b"]["delta_se"]["meanIoU"], want)
     md = table_markdown(summary)
     assert "n=99" in md and md.count("\n| ") >= 2 * len(names)
 
