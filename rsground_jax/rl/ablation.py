@@ -194,9 +194,10 @@ def summarize(cfg, results: dict, num_test: int) -> dict:
             row[m] = _mean_std([100 * per_seed[s]["test"]["overall"][m] for s in seeds])
         row["by_cue"] = {c: _mean_std([100 * per_seed[s]["test"]["by_cue"][c]["Pr@0.5"] for s in seeds])
                          for c in CUE_COLUMNS if all(c in per_seed[s]["test"]["by_cue"] for s in seeds)}
-        last = [per_seed[s].get("train", {}).get("no_overlap_last") for s in seeds]
-        if all(x is not None for x in last):
-            row["no_overlap"] = _mean_std([100 * x for x in last])
+        for key, when in (("no_overlap", "last"), ("no_overlap_start", "first")):
+            share = [per_seed[s].get("train", {}).get(f"no_overlap_{when}") for s in seeds]
+            if all(x is not None for x in share):
+                row[key] = _mean_std([100 * x for x in share])
         rows[name] = row
     ladder = [SFT_ROW] + [v["name"] for v in cfg.variants if v.get("rung")]
     for name in rows:
@@ -238,15 +239,16 @@ def table_markdown(summary: dict) -> str:
              "mean ± standard deviation over seeds; Δ: the per-seed difference from the row named, mean ± std over "
              "seeds; s.e.: the standard error of one seed's Δ from the test expressions alone (paired), Pr@0.5 / "
              "meanIoU.", "",
-             "| run | seeds | Pr@0.5 | Pr@0.7 | meanIoU | Δ Pr@0.5 | Δ meanIoU | s.e. of Δ | against | rollouts with no overlap (%) |",
+             "| run | seeds | Pr@0.5 | Pr@0.7 | meanIoU | Δ Pr@0.5 | Δ meanIoU | s.e. of Δ | against | rollouts with no overlap (%), first -> last fifth of training |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in summary["order"]:
         r = summary["rows"][name]
         d = r.get("delta", {})
         se = f"{r['delta_se']['Pr@0.5']:.1f} / {r['delta_se']['meanIoU']:.1f}" if r.get("delta_se") else "-"
+        overlap = f"{_fmt(r.get('no_overlap_start'))} -> {_fmt(r['no_overlap'])}" if r.get("no_overlap") else "-"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {_fmt(r['Pr@0.5'])} | {_fmt(r['Pr@0.7'])} | "
                      f"{_fmt(r['meanIoU'])} | {_fmt(d.get('Pr@0.5'), True)} | {_fmt(d.get('meanIoU'), True)} | "
-                     f"{se} | {r.get('against', '-')} | {_fmt(r.get('no_overlap'))} |")
+                     f"{se} | {r.get('against', '-')} | {overlap} |")
     cues = [c for c in CUE_COLUMNS if all(c in summary["rows"][n]["by_cue"] for n in summary["order"])]
     lines += ["", "Pr@0.5 by the kind of cue (positional: absolute, ordinal and relative together):", "",
               "| run | " + " | ".join(cues) + " |", "|---|" + "---|" * len(cues)]
