@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "stopped demo (other settings need another workdir)")
     p.add_argument("--num-images", type=positive_int, default=2000,
                    help="synthetic images to generate (80 %% train, 10 %% test)")
-    p.add_argument("--steps", type=positive_int, default=1800, help="CoT-SFT steps")
+    p.add_argument("--steps", type=positive_int, default=1600, help="CoT-SFT steps")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--eval-images", type=positive_int, default=800,
