@@ -64,8 +64,7 @@ def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
     assert "n=99" in md and md.count("\n| ") >= 2 * len(names)
 
 
-VARIANTS = ("variants=[{'name': 'iou', 'label': 'GRPO, IoU', 'rung': True, 'set': {'rewards': {'format': 0.25, "
-            "'iou': 1.0}}}, {'name': 'consistency', 'label': '+ consistency', 'rung': True, 'set': {'rewards': "
+VARIANTS = ("variants=[{'name': 'consistency', 'label': 'GRPO, the method', 'rung': True, 'set': {'rewards': "
             "{'format': 0.25, 'positional': 1.0}, 'coherence': {'enabled': True, 'kind': 'target_pairwise_iou', "
             "'min_weight': 0.5}}}]")
 
@@ -81,17 +80,17 @@ def test_ablate_runs_resumes_with_another_seed_and_refuses_other_settings(tmp_pa
     work = tmp_path / "abl"
     out = _ablate(work, 1)
     assert out.returncode == 0, out.stderr[-3000:]
-    first = (work / "seed0" / "iou" / "report.json").stat().st_mtime_ns
+    first = (work / "seed0" / "consistency" / "report.json").stat().st_mtime_ns
     out = _ablate(work, 2)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (work / "seed0" / "iou" / "report.json").stat().st_mtime_ns == first  # seed 0 was not trained again
+    assert (work / "seed0" / "consistency" / "report.json").stat().st_mtime_ns == first  # seed 0 not trained again
     assert "seed 0: GRPO" not in out.stdout and "seed 1: GRPO consistency" in out.stdout
     summary = json.loads((work / "ablation.json").read_text())["summary"]
-    assert summary["order"] == [SFT_ROW, "iou", "consistency"]
+    assert summary["order"] == [SFT_ROW, "consistency"]
     rows = summary["rows"]
     assert all(rows[n]["seeds"] == [0, 1] and rows[n]["meanIoU"]["std"] is not None for n in summary["order"])
-    assert rows["consistency"]["against"] == "GRPO, IoU" and rows["iou"]["against"] == "CoT-SFT"
-    assert 0 <= rows["iou"]["no_overlap"]["mean"] <= 100
+    assert rows["consistency"]["against"] == "CoT-SFT" and rows["consistency"]["delta_se"]["Pr@0.5"] >= 0
+    assert 0 <= rows["consistency"]["no_overlap"]["mean"] <= 100
     assert (work / "ablation.md").read_text() in out.stdout and (work / "ablation.png").stat().st_size > 0
     refused = _ablate(work, 2, "grpo.lr=0.001")
     assert refused.returncode == 2 and "grpo.lr" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
