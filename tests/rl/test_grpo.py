@@ -82,7 +82,8 @@ def test_grpo_loss_equals_numpy(rng, kl, agg, eps_high, beta):
     logp, old, ref, adv, mask = _inputs(rng)
     loss, metrics = grpo_loss(*map(jnp.asarray, (logp, old, ref, adv, mask)), cfg)
     want, want_kl, want_clip = np_loss(logp, old, ref, adv, mask, cfg)
-    np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+    # the loss averages O(1) per-token terms that can cancel to ~1e-4: float32 rounding is absolute at that scale
+    np.testing.assert_allclose(float(loss), want, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(float(metrics["clip_fraction"]), want_clip, rtol=1e-6)
     if beta > 0:
         np.testing.assert_allclose(float(metrics["kl"]), want_kl, rtol=2e-5)
