@@ -1,6 +1,6 @@
 """`rsground demo` at the smallest size, through the installed command: CoT-SFT then the GRPO stage, the
-'after GRPO' row overall and by cue, the GRPO model's predictions and pictures, and a rerun that resumes both
-stages at their end (no step trained again, the same table)."""
+'after GRPO' row overall and by cue, the GRPO model's predictions and pictures. (Reruns of a demo workdir are
+covered by tests/reliability; the GRPO stage resumes through the same loop as `rsground grpo`.)"""
 
 from __future__ import annotations
 
@@ -30,7 +30,3 @@ def test_demo_runs_a_grpo_stage_after_cot_sft(tmp_path):
     assert rows[-1]["step"] == 2 and "reward/positional" in rows[-1] and "coherence_weight" in rows[-1]
     preds = (work / "grpo_predictions.jsonl").read_text().splitlines()
     assert len(preds) == res["results"]["after GRPO"]["num_samples"] and (work / "grpo_predictions.png").is_file()
-    again = _demo(work)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "already done" in again.stdout
-    assert json.loads((work / "demo_results.json").read_text())["results"] == res["results"]
