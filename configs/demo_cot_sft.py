@@ -1,4 +1,5 @@
-"""CoT-SFT of the packaged base model on synthetic crowded scenes: what `rsground demo` trains, as a config.
+"""CoT-SFT of the packaged base model on synthetic crowded scenes: what `rsground demo` trains, as a config
+(1,800 steps; the demo itself now runs 1,600 to leave time for its GRPO stage, `--steps 1800` restores this).
 
     rsground sft --config configs/demo_cot_sft.py
 """
