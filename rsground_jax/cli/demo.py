@@ -253,7 +253,7 @@ def _grpo_stage(args, model, train, tok, proc, template, buckets, max_new, test,
         checkpoint_every=args.grpo_steps)
     ref = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     ts = time.time()
-    res, _ = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(args.workdir, "grpo"), resume=True,
+    res = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(args.workdir, "grpo"), resume=True,
                         progress=True, run_info={"reference": "the demo's CoT-SFT model"})
     if res.preempted:
         print(f"[{time.time() - t0:5.0f}s] GRPO stopped at step {int(res.state.step)} of {args.grpo_steps} and saved; "

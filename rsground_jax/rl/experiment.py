@@ -31,7 +31,8 @@ from ..errors import CheckpointError
 from ..eval.evaluate import evaluate
 from ..fileio import atomic_write_json
 from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
-from ..train.experiment import DTYPES, check_output, checkpointed_steps, stage_data, tokenizer_from
+from ..train.experiment import (DTYPES, check_output, checkpointed_steps, stage_data, stage_intervals,
+                                tokenizer_from)
 from ..train.loop import CheckpointMismatchError, LoopConfig
 from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
@@ -115,8 +116,7 @@ class GRPOStage:
         """From a stage dict `st` of experiment `cfg` (the GRPO command passes its config as both)."""
         coherence = st.get("coherence") or ml_collections.ConfigDict({"enabled": False})
         options = (st.get("reward_options") or ml_collections.ConfigDict()).to_dict()
-        intervals = {k: int(st.get(k, cfg.get(k, d))) for k, d in
-                     (("log_every", 10), ("checkpoint_every", 50), ("keep_checkpoints", 3))}
+        intervals = stage_intervals(st, cfg, log_every=10, checkpoint_every=50, keep_checkpoints=3)
         return cls(name=st.get("name", STAGE), steps=st.steps, batch_size=st.batch_size, lr=float(st.lr),
                    max_prompt_length=st.max_prompt_length, grpo=grpo_settings(st),
                    rewards=tuple((k, float(v)) for k, v in st.rewards.items()),
@@ -132,7 +132,7 @@ class GRPOStage:
         g = self.grpo
         ref = jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param)) if g.beta > 0 else None
         ts = time.time()
-        res, _ = train_grpo(ctx.model, ref, ctx.train, ctx.tok, ctx.proc, ctx.template, self, ctx.workdir,
+        res = train_grpo(ctx.model, ref, ctx.train, ctx.tok, ctx.proc, ctx.template, self, ctx.workdir,
                             resume=ctx.resume, progress=ctx.progress, run_info={"reference": f"stage {self.name} start"})
         return {"stage": self.name, "task": "grpo", "steps": self.steps, "seconds": round(time.time() - ts, 1),
                 "last": res.history[-1] if res.history else None, "preempted": res.preempted}
@@ -140,8 +140,8 @@ class GRPOStage:
 
 def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workdir: str, *, resume: bool,
                progress: bool, run_info: dict, planned=None):
-    """GRPO of `model` (updated in place) on `records` under `workdir`: (LoopResult, the prompt pipeline).
-    `planned` is a pipeline already built from the records (the command plans it before taking the workdir)."""
+    """GRPO of `model` (updated in place) on `records` under `workdir`; returns the loop's result. `planned` is a
+    pipeline already built from the records (the command plans it before taking the workdir)."""
     g = stage.grpo
     pl = planned if planned is not None else grpo_pipeline(records, tok, proc, template, stage)
     sp = special_token_ids(tok)
@@ -156,9 +156,8 @@ def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workd
     loop = LoopConfig(total_steps=stage.steps, accum_steps=stage.accum_steps, progress=progress,
                       log_every=stage.log_every, checkpoint_every=stage.checkpoint_every,
                       keep_checkpoints=stage.keep_checkpoints)
-    res = run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, workdir, seed=stage.seed,
-                   resume=resume, schedule=schedule(opt), run_info=run_info)
-    return res, pl
+    return run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, workdir, seed=stage.seed,
+                    resume=resume, schedule=schedule(opt), run_info=run_info)
 
 
 def grpo_pipeline(records, tok, proc, template, stage: GRPOStage):
@@ -197,7 +196,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     pl = grpo_pipeline(train, tok, proc, template, stage)  # planned before the workdir is taken
     lock.commit()
     t0 = time.time()
-    res, pl = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(cfg.workdir, STAGE),
+    res = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(cfg.workdir, STAGE),
                          resume=resume, progress=progress, planned=pl,
                          run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),

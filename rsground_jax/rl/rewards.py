@@ -50,11 +50,10 @@ def _field(word, layout, name):
     return ((word >> shift) & ((1 << bits) - 1)).astype(jnp.int32)
 
 
-def _the(mask, values, empty=0):
-    """[N]: per row the value of `values` [T, N] at the one position where `mask` [T, N] holds (`empty` where
-    none): a masked reduction over the leading axis, which XLA:CPU vectorizes across rows, unlike an argmax."""
-    return jnp.where(mask, values, empty).max(0) if empty < 0 else jnp.where(mask, values, 0).sum(0) + \
-        jnp.where(mask.any(0), 0, empty)
+def _the(mask, values):
+    """[N]: per row the value of `values` [T, N] at the one position where `mask` [T, N] holds (0 where none): a
+    masked reduction over the leading axis, which XLA:CPU vectorizes across rows, unlike an argmax."""
+    return jnp.where(mask, values, 0).sum(0)
 
 
 _TOKEN = parse.unpack_offsets(parse.TOKEN_FIELDS)

@@ -230,6 +230,11 @@ class StageRun:
     progress: bool
 
 
+def stage_intervals(st, cfg, **defaults: int) -> dict[str, int]:
+    """The loop's intervals of a stage: its own value, else the experiment's, else the stage kind's default."""
+    return {k: int(st.get(k, cfg.get(k, d))) for k, d in defaults.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class SFTStage:
     """`task="sft"` (the default): supervised fine-tuning with the shared loop, validation after it."""
@@ -252,8 +257,7 @@ class SFTStage:
 
     @classmethod
     def from_config(cls, st, cfg, index: int) -> "SFTStage":
-        intervals = {k: int(st.get(k, cfg.get(k, d))) for k, d in
-                     (("log_every", 50), ("checkpoint_every", 250), ("keep_checkpoints", 3))}
+        intervals = stage_intervals(st, cfg, log_every=50, checkpoint_every=250, keep_checkpoints=3)
         return cls(name=st.name, steps=st.steps, batch_size=st.batch_size, lr=float(st.lr), warmup_steps=st.warmup_steps,
                    seed=int(st.get("seed", cfg.seed + index)),
                    length_buckets=tuple(st.get("length_buckets", None) or (cfg.length_bucket,)),
