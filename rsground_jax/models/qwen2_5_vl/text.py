@@ -1,7 +1,9 @@
 """Qwen2 language model with M-RoPE: GQA attention with q/k/v bias, SwiGLU MLP, RMSNorm, optional KV cache.
 
 Layer parameters are stacked along a leading `layers` axis and the decoder is one `lax.scan`, so compile
-time does not grow with depth. The KV cache is a pytree of arrays updated with `dynamic_update_slice`
+time does not grow with depth; up to `UNROLL_LAYERS` layers (the packaged tiny base) run as an unrolled loop
+without a cache instead: a scan's backward stacks every layer's activations into buffers it first fills
+with zeros (on a CPU that fill, page faults included, cost more than the tiny model's own matmuls). The KV cache is a pytree of arrays updated with `dynamic_update_slice`
 inside the scan, so a jitted decode step can donate it and update it in place.
 """
 
@@ -16,6 +18,8 @@ from flax import nnx
 
 from .config import TextConfig
 from .layers import apply_rotary, grouped_attention, maybe_remat, param, rms_norm, silu_mul, swiglu
+
+UNROLL_LAYERS = 4  # decoders this shallow run their training/prefill forward as a Python loop over layers
 
 
 @jax.tree_util.register_dataclass
@@ -216,7 +220,11 @@ class TextDecoder(nnx.Module):
         stacked = self._stacked() if layers is None else None
         if cache is None:
             body = maybe_remat(lambda h, lp: (layer(h, lp)[0], None), self.remat)
-            x, _ = jax.lax.scan(body, x, stacked)
+            if cfg.num_hidden_layers <= UNROLL_LAYERS:
+                for i in range(cfg.num_hidden_layers):
+                    x, _ = body(x, jax.tree.map(lambda a: a[i], stacked))
+            else:
+                x, _ = jax.lax.scan(body, x, stacked)
             new_cache = None
         else:
             def body(carry, xs):
