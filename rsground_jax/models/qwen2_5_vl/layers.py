@@ -121,25 +121,27 @@ def _swiglu_core(x, w_gate, w_up, w_down, b_gate, b_up):
 
 def _swiglu_core_fwd(x, w_gate, w_up, w_down, b_gate, b_up):
     w_gu = jnp.concatenate([w_gate, w_up], axis=-1)  # one [in, 2 * out] matmul instead of two
-    gate, up = jnp.split(x @ w_gu + jnp.concatenate([b_gate, b_up]), 2, axis=-1)
-    return silu_mul(gate, up) @ w_down, (x, gate, up, w_gu, w_down)
+    gu = x @ w_gu + jnp.concatenate([b_gate, b_up])
+    f = w_gate.shape[-1]
+    hidden = silu_mul(gu[..., :f], gu[..., f:])
+    return hidden @ w_down, (x, gu, hidden, w_gu, w_down)
 
 
 def _swiglu_core_bwd(res, d_out):
     # Written by hand so each weight gradient is one dot of two row-major [tokens, features] operands. Under
     # autodiff, inside the layer scan's backward, XLA:CPU wrote the SwiGLU gradient [tokens, 384] transposed
     # (a strided loop, the step's most expensive op: 2 per layer) for the weight-gradient dot.
-    x, gate, up, w_gu, w_down = res
+    x, gu, hidden, w_gu, w_down = res
+    f = w_down.shape[0]
+    gate, up = gu[..., :f], gu[..., f:]
     sig = jax.nn.sigmoid(gate)
-    act = gate * sig
-    d_act = d_out @ w_down.T
-    d_gu = jnp.concatenate([d_act * up * sig * (1 + gate * (1 - sig)), d_act * act], axis=-1)
+    d_hidden = d_out @ w_down.T
+    d_gu = jnp.concatenate([d_hidden * up * sig * (1 + gate * (1 - sig)), d_hidden * gate * sig], axis=-1)
     d_x = d_gu @ w_gu.T
     d_gu2 = _rows(d_gu)
-    d_w_gu = jnp.einsum("tk,tn->kn", _rows(x), d_gu2)
-    d_w_gate, d_w_up = jnp.split(d_w_gu, 2, axis=-1)
+    d_w_gate, d_w_up = jnp.split(jnp.einsum("tk,tn->kn", _rows(x), d_gu2), 2, axis=-1)
     d_b_gate, d_b_up = jnp.split(d_gu2.sum(0), 2)
-    return d_x, d_w_gate, d_w_up, jnp.einsum("tk,tn->kn", _rows(act * up), _rows(d_out)), d_b_gate, d_b_up
+    return d_x, d_w_gate, d_w_up, jnp.einsum("tk,tn->kn", _rows(hidden), _rows(d_out)), d_b_gate, d_b_up
 
 
 _swiglu_core.defvjp(_swiglu_core_fwd, _swiglu_core_bwd)
