@@ -157,6 +157,14 @@ def prompts(cfg, n: int, side: int, rng):
 # ------------------------------------------------------------------------------------------ one GRPO step
 
 
+def torch_device() -> str:
+    """'cuda' where JAX runs on a GPU and torch sees one (the reference on the same card), else 'cpu'."""
+    import jax
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def bench_step(name: str, reps: int) -> None:
     import jax
     import jax.numpy as jnp
@@ -212,15 +220,16 @@ def bench_step(name: str, reps: int) -> None:
     ours_roll = _median_time(lambda: jax.block_until_ready(roll(state.params, prompt, jax.random.key(1))), reps)
 
     # transformers + PyTorch, on the same weights
+    dev = torch_device()  # the same card as ours where JAX runs on a GPU
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(model, d)
-        policy = Qwen2_5_VLForConditionalGeneration.from_pretrained(d).train()
-        reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(d).eval()
+        policy = Qwen2_5_VLForConditionalGeneration.from_pretrained(d).train().to(dev)
+        reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(d).eval().to(dev)
     optim = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)
-    rep_ids = torch.tensor(np.repeat(ids, G, 0), dtype=torch.long)
-    grid = torch.tensor(np.repeat(pix["image_grid_thw"], G, 0))
+    rep_ids = torch.tensor(np.repeat(ids, G, 0), dtype=torch.long, device=dev)
+    grid = torch.tensor(np.repeat(pix["image_grid_thw"], G, 0), device=dev)
     pixels = torch.tensor(np.repeat(pix["pixel_values"].reshape(P, -1, pix["pixel_values"].shape[-1]), G, 0)
-                          .reshape(-1, pix["pixel_values"].shape[-1]))
+                          .reshape(-1, pix["pixel_values"].shape[-1]), device=dev)
     gt_rows = np.repeat(gt, G, 0)
 
     def token_logps(net, seq, L):
@@ -249,7 +258,7 @@ def bench_step(name: str, reps: int) -> None:
         L = rep_ids.shape[1]
         texts = tok.batch_decode(seq[:, L:].tolist(), skip_special_tokens=True)
         fmt, acc = vlm_r1_rewards(texts, gt_rows)
-        r = torch.tensor(np.add(fmt, acc), dtype=torch.float32).view(P, G)
+        r = torch.tensor(np.add(fmt, acc), dtype=torch.float32, device=dev).view(P, G)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
         with torch.no_grad():
             ref_lp = token_logps(reference, seq, L)
@@ -261,10 +270,12 @@ def bench_step(name: str, reps: int) -> None:
         optim.zero_grad()
         loss.backward()
         optim.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
 
     reference_step()  # warm-up
     ref = _median_time(reference_step, reps)
-    ref_roll = _median_time(reference_generate, reps)
+    ref_roll = _median_time(lambda: reference_generate().cpu(), reps)  # .cpu(): waits for the card
     print(f"step {name:>4s} ({count_params(cfg) / 1e6:.1f}M): {P} prompts x G={G}, {NEW} new tokens: ours "
           f"{ours:.2f} s (compile {compile_s:.0f} s), transformers generate + PyTorch loss {ref:.2f} s, "
           f"ratio {ref / ours:.1f}x; of which rollouts: ours {ours_roll:.2f} s, generate {ref_roll:.2f} s "
@@ -315,7 +326,8 @@ def main():
     torch.set_num_threads(cpus)
     backend = jax.default_backend()
     where = f"{platform.machine()}, {cpus} of {os.cpu_count()} CPUs" if backend == "cpu" else jax.devices()[0].device_kind
-    print(f"machine: {where}; jax {jax.__version__} ({backend}), torch {torch.__version__} (CPU)", flush=True)
+    print(f"machine: {where}; jax {jax.__version__} ({backend}), torch {torch.__version__} ({torch_device()}); "
+          f"the Python reward loop on this host's CPU", flush=True)
     if "rewards" in args.parts:
         bench_rewards(args.reps)
     for name in args.models:
