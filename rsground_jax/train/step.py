@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .losses import LOSSES, LossFn
 
@@ -101,17 +102,28 @@ def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, 
     return update
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False):
+def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False,
+                    shardings: tuple | None = None):
     """The jitted training step `step(state, batch) -> (state, metrics)` for any `loss_fn` (see `make_update`):
     one program per step, micro-batches scanned, the state's buffers donated. Metrics are device scalars
-    (fetch them only when logging)."""
-    return jax.jit(make_update(graphdef, tx, loss_fn, freeze_vision=freeze_vision), donate_argnums=0)
+    (fetch them only when logging).
+
+    `shardings`: (the state's, the batch's), from `sharding.state_shardings` and `sharding.batch_shardings`:
+    the step then runs over their mesh, takes its inputs placed so and returns the state placed alike (the
+    metrics whole on every device)."""
+    update = make_update(graphdef, tx, loss_fn, freeze_vision=freeze_vision)
+    if shardings is None:
+        return jax.jit(update, donate_argnums=0)
+    state_sh, batch_sh = shardings
+    everywhere = NamedSharding(jax.tree.leaves(state_sh)[0].mesh, PartitionSpec())
+    return jax.jit(update, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, everywhere), donate_argnums=0)
 
 
-def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sft_ce", freeze_vision: bool = False):
+def make_sft_step(graphdef, tx: optax.GradientTransformation, *, loss: str = "sft_ce", freeze_vision: bool = False,
+                  shardings: tuple | None = None):
     """`make_train_step` with a loss of the `LOSSES` registry (SFT cross-entropy by default); its metrics name
     the count `tokens`."""
-    step = make_train_step(graphdef, tx, LOSSES[loss], freeze_vision=freeze_vision)
+    step = make_train_step(graphdef, tx, LOSSES[loss], freeze_vision=freeze_vision, shardings=shardings)
 
     def sft_step(state, batch):
         state, metrics = step(state, batch)

@@ -1,0 +1,196 @@
+"""Where every array lives on a device mesh: the mesh from a config, one logical-axis rules table, placement.
+
+The mesh has three axes (`MESH_AXES`):
+  data    the batch is split over it; parameters and optimizer state are whole on every device (replicas)
+  fsdp    the batch is split over it too, and parameters and optimizer state are split over it as well
+          (ZeRO-3 style: each device holds 1/fsdp of every weight; XLA gathers a weight where it is used)
+  tensor  Megatron-style model parallelism: attention heads, MLP features and the vocabulary are split
+Every parameter names its logical axes where it is created (`layers.param(..., axes)`); `RULES` maps each
+logical name to mesh axes, and is the one place sharding is decided. Modules never name mesh axes.
+
+A dimension that does not divide by its mesh axes' size is kept whole (replicated along those axes) and
+reported by `param_specs(..., report=...)`: e.g. the tiny model's 2 key/value heads on a tensor axis of 4.
+Sharding never changes what a jitted program computes, only where; tests check the sharded step against the
+unsharded one on 8 fake CPU devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .errors import UserError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes it is split over (None: whole on every device). The single sharding decision.
+RULES: dict[str, tuple[str, ...] | None] = {
+    # activations and batches
+    "batch": ("data", "fsdp"),
+    "micro": None,  # the gradient-accumulation axis of a stacked batch
+    "seq": None,
+    "rope_section": None,  # the 3 M-RoPE position rows
+    # text decoder
+    "layers": None,
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "q_heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": None,
+    "mlp": ("tensor",),
+    # vision tower (frozen in most recipes; sharded alike so a 72B tower is not replicated)
+    "patch": None,
+    "vision_embed": ("fsdp",),
+    "vision_heads": ("tensor",),
+    "vision_mlp": ("tensor",),
+    "vision_merge": None,
+}
+
+# The logical axes of the step's batch arrays (leading micro-batch axis from `stack_micro_batches`). Arrays
+# not named here (pixel values, the vision tower's index arrays) are whole on every device for now.
+BATCH_AXES: dict[str, tuple[str | None, ...]] = {
+    "input_ids": ("micro", "batch", "seq"),
+    "attention_mask": ("micro", "batch", "seq"),
+    "loss_mask": ("micro", "batch", "seq"),
+    "position_ids": ("micro", "rope_section", "batch", "seq"),
+    "gt_box_resized": ("micro", "batch", None),
+    "resized_hw": ("micro", "batch", None),
+    "sample_valid": ("micro", "batch"),
+}
+
+
+class MeshError(UserError, ValueError):
+    """A mesh shape that does not fit the devices, or a batch that does not split over it."""
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """{data, fsdp, tensor} sizes with at most one -1 (the devices left), checked against `num_devices`."""
+    unknown = sorted(set(sizes) - set(MESH_AXES))
+    if unknown:
+        raise MeshError(f"mesh axes must be among {MESH_AXES}, got {unknown}")
+    shape = {a: int(sizes.get(a, 1)) for a in MESH_AXES}
+    free = [a for a, n in shape.items() if n == -1]
+    if len(free) > 1 or any(n == 0 or n < -1 for n in shape.values()):
+        raise MeshError(f"mesh sizes must be positive, with at most one -1; got {shape}")
+    known = math.prod(n for n in shape.values() if n != -1)
+    if free:
+        if num_devices % known:
+            raise MeshError(f"mesh {shape}: {num_devices} devices do not divide by {known}")
+        shape[free[0]] = num_devices // known
+    if math.prod(shape.values()) != num_devices:
+        raise MeshError(f"mesh {shape} needs {math.prod(shape.values())} devices; there are {num_devices}")
+    return shape
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (all of them by default), e.g. `make_mesh({"fsdp": -1})`."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(sizes, len(devices))
+    return Mesh(np.asarray(devices).reshape([shape[a] for a in MESH_AXES]), MESH_AXES)
+
+
+def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                 rules: Mapping[str, tuple[str, ...] | None] = RULES, report: list | None = None) -> PartitionSpec:
+    """The PartitionSpec `rules` give an array of `shape` whose dimensions are named `axes`.
+
+    A mesh axis of size 1 is left out; a mesh axis already used by an earlier dimension is not used twice;
+    a dimension that does not divide by its mesh axes' size stays whole, and `(axes, shape, dim)` is
+    appended to `report`."""
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(axes)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for i, (name, size) in enumerate(zip(axes, shape)):
+        if name is not None and name not in rules:
+            raise KeyError(f"logical axis {name!r} has no sharding rule (sharding.RULES)")
+        targets = [a for a in (rules[name] or ()) if mesh.shape[a] > 1 and a not in used] if name else []
+        split = math.prod(mesh.shape[a] for a in targets)
+        if targets and size % split:
+            if report is not None:
+                report.append((tuple(axes), tuple(shape), i))
+            targets = []
+        used.update(targets)
+        spec.append(None if not targets else targets[0] if len(targets) == 1 else tuple(targets))
+    return PartitionSpec(*spec)
+
+
+def _is_param(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def param_specs(params: nnx.State, mesh: Mesh, rules=RULES, report: list | None = None) -> nnx.State:
+    """The params' tree (as `nnx.split(model, nnx.Param)` gives it) with a PartitionSpec in place of each
+    value, from the logical axes each parameter carries."""
+    def spec(v):
+        axes = v.get_metadata().get("logical_axes")
+        if axes is None:
+            raise KeyError(f"a parameter of shape {v.value.shape} names no logical axes")
+        return v.replace(logical_spec(axes, v.value.shape, mesh, rules, report))
+
+    return jax.tree.map(spec, params, is_leaf=_is_param)
+
+
+def _named(mesh: Mesh, specs):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def param_shardings(params: nnx.State, mesh: Mesh, rules=RULES, report: list | None = None):
+    """`param_specs` as NamedShardings: what `jax.device_put` and `jax.jit` take."""
+    return _named(mesh, param_specs(params, mesh, rules, report))
+
+
+def _path_key(path) -> tuple:
+    return tuple(str(p) for p in path)
+
+
+def state_shardings(state, mesh: Mesh, rules=RULES):
+    """Shardings for a whole train state (a pytree with `.params` and optimizer state built from them): the
+    params by `param_shardings`; an optimizer-state leaf whose path ends with a parameter's path and has its
+    shape (Adam's moments) like that parameter; everything else (step counters, the rng) whole."""
+    by_path, shapes = {}, {}
+    for (path, sharding), (_, value) in zip(
+            jax.tree_util.tree_flatten_with_path(param_shardings(state.params, mesh, rules))[0],
+            jax.tree_util.tree_flatten_with_path(state.params)[0]):
+        by_path[_path_key(path)], shapes[_path_key(path)] = sharding, np.shape(value)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        key = _path_key(path)
+        for n in range(len(key), 0, -1):
+            tail = key[-n:]
+            if tail in by_path and shapes[tail] == np.shape(leaf):
+                return by_path[tail]
+        return replicated
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    return jax.tree_util.tree_unflatten(treedef, [pick(p, x) for p, x in flat])
+
+
+def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES):
+    """Shardings for a stacked step batch (`BATCH_AXES`: the batch dimension split over data x fsdp; anything
+    else whole). Raises a MeshError naming the array when its batch does not divide over the mesh."""
+    out = {}
+    for key, value in batch.items():
+        axes = BATCH_AXES.get(key)
+        if axes is None or isinstance(value, Mapping):
+            out[key] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), value)
+            continue
+        shape = np.shape(value)
+        report: list = []
+        spec = logical_spec(axes, shape, mesh, rules, report)
+        if report:
+            split = math.prod(mesh.shape[a] for a in rules["batch"])
+            raise MeshError(f"batch array {key!r} of shape {shape}: its batch dimension {shape[axes.index('batch')]} "
+                            f"does not divide over the mesh's data x fsdp = {split} devices")
+        out[key] = NamedSharding(mesh, spec)
+    return out
+
+
+def place(tree, shardings):
+    """`jax.device_put` of a pytree onto its shardings (host arrays or arrays already on devices)."""
+    return jax.device_put(tree, shardings)
