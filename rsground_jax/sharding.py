@@ -51,16 +51,24 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "vision_merge": None,
 }
 
-# The logical axes of the step's batch arrays (leading micro-batch axis from `stack_micro_batches`). Arrays
-# not named here (pixel values, the vision tower's index arrays) are whole on every device for now.
+# The logical axes of a step's batch arrays, without the leading micro-batch axis that `stack_micro_batches`
+# adds (`batch_shardings(..., micro=True)` puts it in front). Arrays not named here (pixel values, the vision
+# tower's index arrays) are whole on every device for now.
 BATCH_AXES: dict[str, tuple[str | None, ...]] = {
-    "input_ids": ("micro", "batch", "seq"),
-    "attention_mask": ("micro", "batch", "seq"),
-    "loss_mask": ("micro", "batch", "seq"),
-    "position_ids": ("micro", "rope_section", "batch", "seq"),
-    "gt_box_resized": ("micro", "batch", None),
-    "resized_hw": ("micro", "batch", None),
-    "sample_valid": ("micro", "batch"),
+    "input_ids": ("batch", "seq"),
+    "attention_mask": ("batch", "seq"),
+    "loss_mask": ("batch", "seq"),
+    "position_ids": ("rope_section", "batch", "seq"),
+    "gt_box_resized": ("batch", None),
+    "resized_hw": ("batch", None),
+    "sample_valid": ("batch",),
+    # GRPO completions: rows p * G + g
+    "tokens": ("batch", "seq"),
+    "mask": ("batch", "seq"),
+    "advantages": ("batch",),
+    "rows": ("batch",),
+    "old_logp": ("batch", "seq"),
+    "ref_logp": ("batch", "seq"),
 }
 
 
@@ -171,15 +179,20 @@ def state_shardings(state, mesh: Mesh, rules=RULES):
     return jax.tree_util.tree_unflatten(treedef, [pick(p, x) for p, x in flat])
 
 
-def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES):
-    """Shardings for a stacked step batch (`BATCH_AXES`: the batch dimension split over data x fsdp; anything
-    else whole). Raises a MeshError naming the array when its batch does not divide over the mesh."""
+def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES, *, micro: bool = True):
+    """Shardings for a step batch (`BATCH_AXES`: the batch dimension split over data x fsdp; anything else
+    whole), stacked on a leading micro-batch axis when `micro`; nested dicts (a GRPO micro-batch's prompt)
+    alike. Raises a MeshError naming the array when its batch does not divide over the mesh."""
     out = {}
     for key, value in batch.items():
+        if isinstance(value, Mapping) and key != "vision":
+            out[key] = batch_shardings(value, mesh, rules, micro=micro)
+            continue
         axes = BATCH_AXES.get(key)
         if axes is None or isinstance(value, Mapping):
             out[key] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), value)
             continue
+        axes = ("micro", *axes) if micro else axes
         shape = np.shape(value)
         report: list = []
         spec = logical_spec(axes, shape, mesh, rules, report)
