@@ -23,6 +23,7 @@ def get_config():
     c.template_question = DEFAULT_QUESTION  # reasoning in <think>, then the box in <answer>
     c.answer_style = "brief_cot"  # `rsground demo`'s default reasoning (--cot brief); "cot" lists every candidate
     c.length_bucket = 192
+    c.mesh = None  # one device; e.g. mesh={'data': -1} on a host with several
     c.eval_images = 120
     c.max_new_tokens = 96
 

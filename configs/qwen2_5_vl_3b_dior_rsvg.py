@@ -26,6 +26,7 @@ def get_config():
     c.template_question = DEFAULT_QUESTION  # reasoning in <think>, then the box in <answer>
     c.answer_style = "cot"
     c.length_bucket = 1280
+    c.mesh = None  # one device; on 8 accelerators e.g. dict(fsdp=-1) (docs/sharding.md)
     c.eval_images = 500
     c.max_new_tokens = 384
 

@@ -173,8 +173,19 @@ EXPERIMENT_FIELDS: dict[str, Field] = {
     "eval_images": _int(*_NON_NEGATIVE, required=True, resumable=True),
     "max_new_tokens": _int(*_POSITIVE, resumable=True),
     "stages": Field((list, tuple), "a non-empty list of stages", lambda v: len(v) > 0, required=True),
+    # a checkpoint holds whole arrays, so a resumed run may use another mesh (a preempted job on another slice)
+    "mesh": Field((ml_collections.ConfigDict, type(None)),
+                  "None (one device) or a dict of mesh sizes over data, fsdp and tensor: positive integers, at "
+                  "most one -1 (the devices left)", lambda v: _mesh_ok(v), resumable=True),
     **_INTERVALS,
 }
+
+def _mesh_ok(sizes) -> bool:
+    values = [sizes[k] for k in sizes.keys()]
+    return (set(sizes.keys()) <= {"data", "fsdp", "tensor"} and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                     and (v > 0 or v == -1) for v in values)
+            and values.count(-1) <= 1)
+
 
 _STAGE_COMMON: dict[str, Field] = {
     "name": _str("a name (letters, digits, _ . -)", lambda v: bool(re.fullmatch(r"[\w.-]+", v)), required=True),
@@ -225,6 +236,9 @@ def check_experiment(cfg: ml_collections.ConfigDict, source: str = "config") -> 
         _check_fields(st, STAGE_FIELDS[task], source, where + ".")
         if task == "grpo":
             _check_grpo_parts(st, source, where + ".")
+        if cfg.get("mesh") is not None and task != "sft":
+            raise ConfigError(f"{source}: mesh is supported by sft stages only so far; {where} ({st.name}) is a "
+                              f"{task} stage (docs/sharding.md)")
         if st.name in names:
             raise ConfigError(f"{source}: {where}.name {st.name!r} is used by an earlier stage")
         own = [k for k in ("synth", "data_root", "data_from") if st.get(k) not in (None, "")]
@@ -286,6 +300,12 @@ RESUMABLE_KEYS = ({k for k, f in EXPERIMENT_FIELDS.items() if f.resumable}
                   | {f"stages.*.{k}" for k, f in _STAGE_COMMON.items() if f.resumable})
 
 
+def _resumable(path: str) -> bool:
+    """A resumable key, or a key inside one (`mesh.data`)."""
+    parts = path.split(".")
+    return any(".".join(parts[:n]) in RESUMABLE_KEYS for n in range(1, len(parts) + 1))
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """The dotted keys whose values differ between two plain config dicts, except `RESUMABLE_KEYS`."""
     out = []
@@ -297,7 +317,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             for i, (x, y) in enumerate(zip(a, b)):
                 walk(x, y, f"{path}.{i}")
-        elif a != b and re.sub(r"^stages\.\d+\.", "stages.*.", path) not in RESUMABLE_KEYS:
+        elif a != b and not _resumable(re.sub(r"^stages\.\d+\.", "stages.*.", path)):
             out.append(f"{path}: {a!r} then, {b!r} now")
 
     walk(saved, current, "")

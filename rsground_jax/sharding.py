@@ -95,6 +95,14 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
     return shape
 
 
+def check_batch_splits(batch_size: int, mesh: Mesh, what: str = "batch size", rules=RULES) -> None:
+    """Raise a MeshError naming `what` when `batch_size` rows do not split over the batch's mesh axes."""
+    split = math.prod(mesh.shape[a] for a in rules["batch"])
+    if batch_size % split:
+        raise MeshError(f"{what} {batch_size} does not split over the mesh's data x fsdp = {split} devices "
+                        f"(mesh {dict(mesh.shape)})")
+
+
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh over `devices` (all of them by default), e.g. `make_mesh({"fsdp": -1})`."""
     devices = list(jax.devices() if devices is None else devices)

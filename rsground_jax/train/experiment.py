@@ -228,6 +228,7 @@ class StageRun:
     workdir: str
     resume: bool
     progress: bool
+    mesh: Any = None  # a jax Mesh (the config's `mesh`) or None: one device
 
 
 def stage_intervals(st, cfg, **defaults: int) -> dict[str, int]:
@@ -279,7 +280,8 @@ class SFTStage:
                       LoopConfig(total_steps=self.steps, accum_steps=self.accum_steps, progress=ctx.progress,
                                  log_every=self.log_every, checkpoint_every=self.checkpoint_every,
                                  keep_checkpoints=self.keep_checkpoints),
-                      ctx.workdir, resume=ctx.resume, freeze_vision=opt.freeze_vision, schedule=schedule(opt))
+                      ctx.workdir, resume=ctx.resume, freeze_vision=opt.freeze_vision, schedule=schedule(opt),
+                      mesh=ctx.mesh)
         return {"stage": self.name, "steps": self.steps, "seconds": round(time.time() - ts, 1),
                 "final_loss": res.history[-1]["loss"] if res.history else None, "preempted": res.preempted}
 
@@ -339,6 +341,13 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
     stages = [stage_kind(st.get("task", "sft")).from_config(st, cfg, i) for i, st in enumerate(cfg.stages)]
+    mesh = None
+    if cfg.get("mesh") is not None:
+        from ..sharding import check_batch_splits, make_mesh
+
+        mesh = make_mesh(cfg.mesh.to_dict())  # MeshError: sizes that do not fit this machine's devices
+        for st in stages:
+            check_batch_splits(st.batch_size, mesh, f"{source}: stage {st.name}'s batch_size")
     lock.commit()  # the checks passed: the workdir is this run's
     t0 = time.time()
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
@@ -346,7 +355,7 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
     for i, stage in enumerate(stages):
         train, val = stage_records(cfg, i)
         row = stage.run(StageRun(cfg, model, tok, proc, template, train, val, os.path.join(cfg.workdir, stage.name),
-                                 resume, progress))
+                                 resume, progress, mesh))
         if cfg.eval_images and getattr(stage, "validates", True) and not row.get("preempted"):
             ev = evaluate(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
                           max_new_tokens=cfg.get("max_new_tokens", 24), length_buckets=(cfg.length_bucket,))

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -196,14 +197,36 @@ def run_loop(state: TrainState, step_fn: Callable, next_inputs: Callable[[], tup
 
 def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, workdir: str, *,
             resume: bool = False, schedule: Callable[[int], float] | None = None,
-            on_log: Callable[[dict], None] | None = None, freeze_vision: bool = False) -> LoopResult:
+            on_log: Callable[[dict], None] | None = None, freeze_vision: bool = False, mesh=None) -> LoopResult:
     """Train `model` (NNX, updated in place at the end, also when the run stops on an error) on `pipeline`
-    batches for `cfg.total_steps` steps: `run_loop` with the SFT loss, `cfg.accum_steps` micro-batches a step."""
+    batches for `cfg.total_steps` steps: `run_loop` with the SFT loss, `cfg.accum_steps` micro-batches a step.
+
+    `mesh` (a (data, fsdp, tensor) `jax.sharding.Mesh`, or None for one device): the state is placed by the
+    sharding rules (`rsground_jax.sharding`), each batch split over data x fsdp, and the step runs over the
+    mesh; checkpoints hold whole arrays, so a run may resume on another mesh."""
     graphdef, params = nnx.split(model, nnx.Param)
     data = PipelineData(pipeline)
-    return run_loop(TrainState.create(params, tx), make_sft_step(graphdef, tx, freeze_vision=freeze_vision),
-                    micro_batches(data, model.config.vision, cfg.accum_steps), data, cfg, workdir, resume=resume, name="sft", schedule=schedule, on_log=on_log,
-                    on_exit=lambda state: nnx.update(model, state.params))
+    state = TrainState.create(params, tx)
+    next_inputs = micro_batches(data, model.config.vision, cfg.accum_steps)
+    if mesh is None:
+        step = make_sft_step(graphdef, tx, freeze_vision=freeze_vision)
+    else:
+        from ..sharding import batch_shardings, check_batch_splits, place, state_shardings
+
+        check_batch_splits(pipeline.config.batch_size, mesh)
+        state_sh = state_shardings(state, mesh)
+        state = place(state, state_sh)
+        steps = {}
+
+        def step(state, batch):  # one jitted program per batch layout (the keys and ranks; buckets share it)
+            layout = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
+            if layout not in steps:
+                steps[layout] = make_sft_step(graphdef, tx, freeze_vision=freeze_vision,
+                                              shardings=(state_sh, batch_shardings(batch, mesh)))
+            return steps[layout](state, batch)
+
+    return run_loop(state, step, next_inputs, data, cfg, workdir, resume=resume, name="sft", schedule=schedule,
+                    on_log=on_log, on_exit=lambda state: nnx.update(model, state.params))
 
 
 def _restore(mngr, state, data, resume, workdir, with_run_info: bool):

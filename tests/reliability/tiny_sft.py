@@ -22,6 +22,7 @@ def get_config():
     c.template_question = BOX_QUESTION
     c.answer_style = "box"
     c.length_bucket = 96
+    c.mesh = None  # one device; `mesh={'fsdp': 2, 'tensor': 2}` splits it (tests/sharding)
     c.eval_images = 0
     c.log_every = 1
     c.checkpoint_every = 3
