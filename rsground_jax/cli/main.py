@@ -20,7 +20,7 @@ import sys
 from ..errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ("demo", "sft", "grpo", "eval", "predict", "convert", "data", "ablate")
+SUBCOMMANDS = ("demo", "sft", "grpo", "eval", "predict", "convert", "data", "ablate", "plan")
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130

@@ -49,7 +49,8 @@ class RLTrainState(TrainState):
     rng: Any = None
 
 
-def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False):
+def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, freeze_vision: bool = False,
+                param_shardings=None):
     """The un-jitted update `update(state, batch) -> (state, metrics)`, for programs that run it inside a larger
     jitted step (the GRPO step runs rollouts first); `make_train_step` jits it on its own.
 
@@ -60,7 +61,11 @@ def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, 
     `batch` leaves have a leading micro-batch axis [accum, ...] (accum may be 1).
     `freeze_vision` stops gradients at the vision tower, so its backward pass is not computed at all (pair it
     with `OptimConfig(freeze_vision=True)`, which keeps its parameters fixed).
+    `param_shardings`: the parameters' shardings over a mesh; gradients are kept sharded like them (left to
+    the partitioner, the accumulated gradient of a 3B model came out whole on every device).
     """
+    constrain = ((lambda g: jax.tree.map(jax.lax.with_sharding_constraint, g, param_shardings))
+                 if param_shardings is not None else (lambda g: g))
 
     def micro_loss(params, mb):
         if freeze_vision:
@@ -74,11 +79,12 @@ def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, 
         def accumulate(carry, mb):
             g_acc, s_acc, n_acc, aux_acc = carry
             (s, (n, aux)), g = grad_fn(state.params, mb)
-            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, n_acc + n, jax.tree.map(jnp.add, aux_acc, aux)), None
+            return (constrain(jax.tree.map(jnp.add, g_acc, constrain(g))), s_acc + s, n_acc + n,
+                    jax.tree.map(jnp.add, aux_acc, aux)), None
 
         first = jax.tree.map(lambda x: x[0], batch)
         aux_shape = jax.eval_shape(lambda: loss_fn(nnx.merge(graphdef, state.params), first)[2])
-        zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()),
+        zeros = (constrain(jax.tree.map(jnp.zeros_like, state.params)), jnp.zeros(()), jnp.zeros(()),
                  jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), aux_shape))
         (g_sum, s_sum, n_sum, aux_sum), _ = jax.lax.scan(accumulate, zeros, batch)
         n_sum = jnp.maximum(n_sum, 1.0)
@@ -111,10 +117,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn,
     `shardings`: (the state's, the batch's), from `sharding.state_shardings` and `sharding.batch_shardings`:
     the step then runs over their mesh, takes its inputs placed so and returns the state placed alike (the
     metrics whole on every device)."""
-    update = make_update(graphdef, tx, loss_fn, freeze_vision=freeze_vision)
     if shardings is None:
-        return jax.jit(update, donate_argnums=0)
+        return jax.jit(make_update(graphdef, tx, loss_fn, freeze_vision=freeze_vision), donate_argnums=0)
     state_sh, batch_sh = shardings
+    update = make_update(graphdef, tx, loss_fn, freeze_vision=freeze_vision, param_shardings=state_sh.params)
     everywhere = NamedSharding(jax.tree.leaves(state_sh)[0].mesh, PartitionSpec())
     return jax.jit(update, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, everywhere), donate_argnums=0)
 

@@ -1,0 +1,207 @@
+"""`rsground plan`: will a training step fit a pod's devices, and how long will it take? Answered before renting.
+
+The step is compiled ahead of time from abstract shapes: the model's parameters, the optimizer state and the
+batch exist only as shapes and dtypes (nothing is allocated), and the mesh is made of fake CPU devices, one
+per accelerator of the planned slice. XLA's memory analysis of the compiled per-device program gives the
+arguments (parameters and optimizer state, sharded by `sharding.RULES`), the outputs and the temporaries
+(activations, gradients); the FLOPs are counted from the model's shapes (the MFU convention: 6 x parameters x
+tokens for the matmuls, plus attention), and the step time follows at a stated MFU.
+
+The temporaries come from XLA:CPU's compiler, whose scheduling differs from a TPU's or a GPU's: they are an
+estimate of the order of magnitude, and the parameter and optimizer bytes are exact. Those are checked
+against an independent count (parameters x bytes / shards) in `docs/sharding.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from . import sharding
+from .errors import UserError
+
+GiB = 2**30
+
+# name: (memory per device in GiB, peak dense bfloat16 TFLOP/s per device), from the vendors' data sheets
+DEVICES = {
+    "tpu-v4": (32, 275),
+    "tpu-v5e": (16, 197),
+    "tpu-v5p": (95, 459),
+    "tpu-v6e": (32, 918),
+    "h100": (80, 989),
+    "h200": (141, 989),
+}
+
+
+class PlanError(UserError, ValueError):
+    """A plan that cannot be made as asked (a stage, model or device this planner does not know)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRequest:
+    model: str  # a preset: tiny, 3b, 7b, 32b, 72b
+    mesh: dict  # {data, fsdp, tensor} sizes
+    stage: str = "sft"
+    batch: int = 0  # sequences a step (0: one per data x fsdp shard)
+    seq: int = 1024  # tokens a sequence, image included
+    image_side: int = 448  # pixels: one square image per sequence
+    device: str = "tpu-v5p"
+    mfu: float = 0.4
+    remat: str = "full"
+    compute_dtype: str = "bfloat16"
+
+
+def parse_mesh(text: str) -> dict:
+    """'data=2,fsdp=16,tensor=4' -> {'data': 2, 'fsdp': 16, 'tensor': 4} (missing axes are 1)."""
+    sizes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in sharding.MESH_AXES:
+            raise PlanError(f"--mesh {text!r}: expected axis=size pairs over {sharding.MESH_AXES}, e.g. "
+                            f"data=2,fsdp=16,tensor=4")
+        try:
+            sizes[name.strip()] = int(value)
+        except ValueError:
+            raise PlanError(f"--mesh {text!r}: {value!r} is not an integer") from None
+    if any(v < 1 for v in sizes.values()):
+        raise PlanError(f"--mesh {text!r}: sizes must be positive")
+    return {a: sizes.get(a, 1) for a in sharding.MESH_AXES}
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
+
+
+def sft_batch(cfg, batch: int, seq: int, side: int) -> dict:
+    """A stacked SFT batch of `batch` sequences of `seq` tokens, each with one `side` x `side` image, as host
+    arrays (zeros where values do not matter): the shapes `rsground sft` feeds its step."""
+    from .models.qwen2_5_vl.inputs import add_vision_inputs, prepare_inputs, static_vision_sizes
+    from .train import stack_micro_batches
+
+    grid_side = side // cfg.vision.patch_size
+    grid_side -= grid_side % cfg.vision.spatial_merge_size
+    patches = grid_side * grid_side
+    k = patches // cfg.vision.spatial_merge_size**2
+    if k + 2 >= seq:
+        raise PlanError(f"--seq {seq} leaves no room for text after the {k + 2} tokens of a {side}-pixel image")
+    ids = np.concatenate([np.full((batch, 1), cfg.vision_start_token_id), np.full((batch, k), cfg.image_token_id),
+                          np.full((batch, 1), cfg.vision_end_token_id), np.ones((batch, seq - k - 2), np.int64)],
+                         1).astype(np.int32)
+    grid = np.tile(np.array([[1, grid_side, grid_side]]), (batch, 1))
+    b = prepare_inputs(cfg, ids, None, grid)
+    b.update(pixel_values=np.zeros((batch * patches, 3 * 2 * cfg.vision.patch_size**2), np.float32),
+             loss_mask=np.ones((batch, seq), np.float32), image_grid_thw=grid, image_num_patches=np.full(batch, patches))
+    nw, fs = static_vision_sizes(grid, cfg.vision, batch, batch * patches)
+    return stack_micro_batches([add_vision_inputs(b, cfg.vision, num_windows=nw, frame_slots=fs)])
+
+
+def model_flops(cfg, batch: int, seq: int, image_tokens: int) -> float:
+    """Training FLOPs of one step (forward + backward, no recomputation counted): 6 x matmul parameters x
+    tokens for the decoder and the vision tower (which sees 4 patches per image token), plus attention's
+    12 x layers x hidden x seq^2 per sequence (the MFU convention)."""
+    t, v = cfg.text, cfg.vision
+    heads_dim = t.num_attention_heads * t.head_dim
+    kv_dim = t.num_key_value_heads * t.head_dim
+    per_layer = t.hidden_size * (heads_dim + 2 * kv_dim) + heads_dim * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
+    text = t.num_hidden_layers * per_layer + t.hidden_size * t.vocab_size  # the output projection
+    vis_layer = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size
+    patches = image_tokens * v.spatial_merge_size**2
+    vision = v.depth * vis_layer * patches + (v.hidden_size * v.spatial_merge_size**2) ** 2 * image_tokens
+    attention = 12 * t.num_hidden_layers * t.hidden_size * seq * seq
+    return batch * (6 * text * seq + 6 * vision + attention)
+
+
+def plan(req: PlanRequest) -> dict:
+    """Compile one training step of `req` for its mesh of fake devices and report per-device memory, FLOPs,
+    whether it fits `req.device` and the step time at `req.mfu`. Needs prod(mesh) JAX devices (the command
+    makes that many CPU devices before JAX starts)."""
+    from .models import Qwen25VL
+    from .models.qwen2_5_vl.config import PRESETS, preset
+    from .train import OptimConfig, TrainState, make_optimizer
+    from .train.losses import LOSSES
+    from .train.step import make_train_step
+
+    if req.stage != "sft":
+        raise PlanError(f"--stage {req.stage}: only sft is planned so far (the GRPO step's plan is still to come)")
+    if req.model not in PRESETS:
+        raise PlanError(f"--model {req.model!r}: expected one of {sorted(PRESETS)}")
+    if req.device not in DEVICES:
+        raise PlanError(f"--device {req.device!r}: expected one of {sorted(DEVICES)}")
+    mesh = sharding.make_mesh(req.mesh, jax.devices()[: math.prod(req.mesh.values())])
+    shards = req.mesh["data"] * req.mesh["fsdp"]
+    batch = req.batch or shards
+    sharding.check_batch_splits(batch, mesh, "--batch")
+    cfg = preset(req.model)
+    dtype = jnp.dtype(req.compute_dtype)
+    model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0), dtype=dtype, remat=req.remat))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(OptimConfig(lr=1e-5, warmup_steps=0, total_steps=100))
+    state = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
+    host_batch = sft_batch(cfg, batch, req.seq, req.image_side)
+    abstract_batch = _abstract(host_batch)
+    fallback: list = []
+    state_sh = sharding.state_shardings(state, mesh)
+    sharding.param_specs(params, mesh, report=fallback)
+    step = make_train_step(graphdef, tx, LOSSES["sft_ce"], shardings=(state_sh, sharding.batch_shardings(abstract_batch, mesh)))
+    compiled = step.lower(state, abstract_batch).compile()
+    mem = compiled.memory_analysis()
+
+    # the independent count: every parameter's bytes over the product of the mesh axes its spec names
+    n_params, naive = 0, 0.0
+    for leaf, sh in zip(jax.tree.leaves(params), jax.tree.leaves(sharding.param_shardings(params, mesh))):
+        n = math.prod(leaf.shape)
+        n_params += n
+        split = math.prod(mesh.shape[a] for entry in sh.spec if entry for a in ((entry,) if isinstance(entry, str) else entry))
+        naive += n * leaf.dtype.itemsize / split
+    per_device_params = sum(math.prod(sh.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+                            for leaf, sh in zip(jax.tree.leaves(params), jax.tree.leaves(sharding.param_shardings(params, mesh))))
+    opt_bytes = sum(math.prod(sh.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+                    for leaf, sh in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(state_sh.opt_state)))
+    image_tokens = int((host_batch["input_ids"][0, 0] == cfg.image_token_id).sum())
+    flops = model_flops(cfg, batch, req.seq, image_tokens)
+    devices = math.prod(req.mesh.values())
+    hbm, peak = DEVICES[req.device]
+    total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    step_s = flops / devices / (peak * 1e12 * req.mfu)
+    return {
+        "model": req.model, "parameters": n_params, "mesh": req.mesh, "devices": devices, "stage": req.stage,
+        "batch": batch, "seq": req.seq, "image_side": req.image_side, "remat": req.remat,
+        "compute_dtype": req.compute_dtype, "device": req.device,
+        "per_device_gib": {
+            "parameters": per_device_params / GiB, "parameters_independent": naive / GiB,
+            "optimizer_state": opt_bytes / GiB, "arguments": mem.argument_size_in_bytes / GiB,
+            "outputs_not_donated": (mem.output_size_in_bytes - mem.alias_size_in_bytes) / GiB,
+            "temporaries": mem.temp_size_in_bytes / GiB, "total": total / GiB},
+        "device_memory_gib": hbm, "fits": total <= hbm * GiB,
+        "flops_per_step": flops, "tokens_per_step": batch * req.seq, "mfu": req.mfu,
+        "step_seconds": step_s, "tokens_per_second": batch * req.seq / step_s,
+        "kept_whole": sorted({"/".join(a for a in axes if a) for axes, _, _ in fallback}),
+    }
+
+
+def format_plan(p: dict) -> str:
+    m = p["per_device_gib"]
+    mesh = ",".join(f"{k}={v}" for k, v in p["mesh"].items())
+    lines = [
+        f"{p['model']} ({p['parameters'] / 1e9:.2f}B parameters), {p['stage']} step, mesh {mesh} ({p['devices']} "
+        f"devices), batch {p['batch']} x {p['seq']} tokens (one {p['image_side']}-px image each), "
+        f"{p['compute_dtype']} compute, float32 weights and AdamW, remat {p['remat']}",
+        "per device (GiB):",
+        f"  parameters        {m['parameters']:9.2f}   (independent count: {m['parameters_independent']:.2f})",
+        f"  optimizer state   {m['optimizer_state']:9.2f}",
+        f"  arguments         {m['arguments']:9.2f}   (parameters + optimizer state + batch)",
+        f"  outputs (new)     {m['outputs_not_donated']:9.2f}   (the rest reuse donated inputs)",
+        f"  temporaries       {m['temporaries']:9.2f}   (activations, gradients; XLA:CPU's estimate)",
+        f"  total             {m['total']:9.2f}   of {p['device_memory_gib']} on a {p['device']}: "
+        f"{'fits' if p['fits'] else 'DOES NOT FIT'}",
+        f"FLOPs a step {p['flops_per_step']:.3g}; at {p['mfu']:.0%} MFU on {p['devices']} x {p['device']}: "
+        f"{p['step_seconds']:.2f} s a step, {p['tokens_per_second']:,.0f} tokens/s",
+    ]
+    if p["kept_whole"]:
+        lines.append("kept whole (dimension does not divide over its mesh axes): " + ", ".join(p["kept_whole"]))
+    return "\n".join(lines)
