@@ -72,6 +72,7 @@ VARIANTS = ("variants=[{'name': 'consistency', 'label': 'GRPO, the method', 'run
 def _ablate(work, seeds, *extra):
     return subprocess.run([str(RSGROUND), "ablate", "--config", str(REPO / "configs" / "ablation_demo.py"),
                            "--seeds", str(seeds), f"workdir={work}", "sft.stages.0.steps=2", "grpo.steps=2",
+                           "grpo.batch_size=64",
                            "data.num_images=24", "eval_records=8", VARIANTS, *extra],
                           capture_output=True, text=True, timeout=900)
 
