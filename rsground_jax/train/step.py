@@ -61,8 +61,8 @@ def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, 
     `batch` leaves have a leading micro-batch axis [accum, ...] (accum may be 1).
     `freeze_vision` stops gradients at the vision tower, so its backward pass is not computed at all (pair it
     with `OptimConfig(freeze_vision=True)`, which keeps its parameters fixed).
-    `param_shardings`: the parameters' shardings over a mesh; gradients are kept sharded like them (left to
-    the partitioner, the accumulated gradient of a 3B model came out whole on every device).
+    `param_shardings`: the parameters' shardings over a mesh; the gradients and their accumulator are
+    constrained to them, so no device holds a whole gradient whatever the partitioner would have chosen.
     """
     constrain = ((lambda g: jax.tree.map(jax.lax.with_sharding_constraint, g, param_shardings))
                  if param_shardings is not None else (lambda g: g))
