@@ -171,6 +171,8 @@ def test_scanned_and_unrolled_decoder_agree_with_transformers(models, rng, monke
     from rsground_jax.models.qwen2_5_vl import text
 
     hf, ours, _ = models
+    if ours.config.tie_word_embeddings:
+        pytest.skip("the layer loop does not touch the embeddings: checked once, on the untied model")
     batch = make_batch(rng, [[_non_square(rng, 40, 90)], []], pad_side="right")
     args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
     weights = jnp.asarray(rng.normal(size=(*batch["input_ids"].shape, ours.config.text.vocab_size)), jnp.float32)

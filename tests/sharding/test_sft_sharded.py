@@ -50,10 +50,10 @@ log('data')
 import dataclasses
 from rsground_jax.models import Qwen25VL
 base = load_model(BASE_MODEL_DIR).config  # its tokenizer and image processor make the batch
-# a shallower copy of the packaged base (2 decoder layers, 2 vision blocks, one of them full attention),
-# freshly initialized: the same shapes per layer, half the compile time
-cfg = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=2),
-                   vision=dataclasses.replace(base.vision, depth=2, fullatt_block_indexes=(1,)))
+# a shallower copy of the packaged base (1 decoder layer, 1 vision block), freshly initialized: the same
+# shapes per layer, a fraction of the compile time
+cfg = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=1),
+                   vision=dataclasses.replace(base.vision, depth=1, fullatt_block_indexes=(0,)))
 model = Qwen25VL(cfg, rngs=nnx.Rngs(seed))
 vcfg = model.config.vision
 nw, fs = static_vision_sizes(np.asarray(b["image_grid_thw"]), vcfg, 8, b["pixel_values"].shape[0])
@@ -70,6 +70,7 @@ def loss_and_count(p, batch):
 value_and_grad = jax.value_and_grad(loss_and_count)
 ref_loss, ref_grads = jax.jit(value_and_grad)(params, batch)
 ref_flat = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
+top = max(float(jnp.max(jnp.abs(r))) for r in jax.tree.leaves(ref_grads))  # a floor for near-zero gradients
 results = {}
 for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, sizes)))
@@ -81,7 +82,7 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     worst, split = 0.0, 0
     for (path, g), (_, r), sh in zip(jax.tree_util.tree_flatten_with_path(grads)[0], ref_flat, jax.tree.leaves(p_sh)):
         assert g.sharding.is_equivalent_to(sh, g.ndim), (path, g.sharding, sh)
-        worst = max(worst, float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-12)))
+        worst = max(worst, float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-3 * top)))
         split += g.addressable_shards[0].data.size < g.size
     ids = sharding.place(batch, b_sh)["input_ids"]
     log(sizes); results[str(sizes)] = dict(loss=float(loss), ref_loss=float(ref_loss), worst_rel_grad=worst, split_params=split,
@@ -94,17 +95,18 @@ mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
 # first step, lr * g / |g|, would turn float32 noise in a near-zero gradient into a full step)
 tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
 state = TrainState.create(params, tx)
-one_step = make_sft_step(graphdef, tx)
 s_sh, b_sh = sharding.state_shardings(state, mesh), sharding.batch_shardings(batch, mesh)
 sharded_step = make_sft_step(graphdef, tx, shardings=(s_sh, b_sh))
-placed = sharding.place(state, s_sh)
-new_ref, m_ref = one_step(jax.tree.map(jnp.copy, state), batch)
-new, m = sharded_step(placed, sharding.place(batch, b_sh))
-for a, b_, sh in zip(jax.tree.leaves(new), jax.tree.leaves(new_ref), jax.tree.leaves(s_sh)):
+new, m = sharded_step(sharding.place(state, s_sh), sharding.place(batch, b_sh))
+# the one-device update from the one-device gradients: momentum starts at the clipped gradient
+norm = float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(ref_grads))))
+clipped = jax.tree.map(lambda g: g * min(1.0, 1.0 / norm), ref_grads)
+for a, sh in zip(jax.tree.leaves(new), jax.tree.leaves(s_sh)):
     assert a.sharding.is_equivalent_to(sh, a.ndim), (a.sharding, sh)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b_), rtol=1e-4, atol=1e-6)
+for got, p0, g in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), jax.tree.leaves(clipped)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(p0 - 0.1 * g), rtol=1e-4, atol=1e-6)
 mu_split = sum(x.addressable_shards[0].data.size < x.size for x in jax.tree.leaves(new.opt_state))
-results["step"] = dict(loss=float(m["loss"]), ref_loss=float(m_ref["loss"]), opt_state_split=mu_split)
+results["step"] = dict(loss=float(m["loss"]), ref_loss=float(ref_loss), opt_state_split=mu_split)
 print("RESULT " + json.dumps(results))
 """
 
@@ -185,13 +187,13 @@ with tempfile.TemporaryDirectory() as d:
     pl = rl_pipeline(load_split(d, "train"), tok, proc, PipelineConfig(batch_size=P, length_buckets=(96,), seed=seed),
                      template=template)
     b = next(iter(pl))
-# trained weights (decisive logits, so greedy tokens are a fair check), cut to 2 decoder layers and 2 vision
-# blocks to halve the compile time
+# trained weights (decisive logits, so greedy tokens are a fair check), cut to 2 decoder layers and 1 vision
+# block for the compile time
 import dataclasses
 from rsground_jax.models import Qwen25VL
 full = load_model(BASE_MODEL_DIR)
 cut = full.config.replace(text=dataclasses.replace(full.config.text, num_hidden_layers=2),
-                          vision=dataclasses.replace(full.config.vision, depth=2, fullatt_block_indexes=(1,)))
+                          vision=dataclasses.replace(full.config.vision, depth=1, fullatt_block_indexes=(0,)))
 model = Qwen25VL(cut, rngs=nnx.Rngs(0))
 nnx.update(model, jax.tree.map(lambda a, b: a if a.shape == b.shape else a[:b.shape[0]],
                                nnx.state(full, nnx.Param), nnx.state(model, nnx.Param)))
@@ -206,10 +208,11 @@ ref_tokens, ref_lengths, _ = sample(params, prompt, jax.random.key(0), greedy, 1
 
 # a GRPO micro-batch: G sampled completions per prompt (drawn once, on one device), advantages, a reference
 rng = np.random.default_rng(seed)
-tokens, lengths, sampled_logp = sample(params, prompt, jax.random.key(seed), SamplingConfig(max_new_tokens=NEW, temperature=1.0), G)
-mask = (np.arange(NEW)[None] < np.asarray(lengths)[:, None]).astype(np.float32)
+# the completions: each prompt's greedy answer for its G rows (the loss and gradients do not need them to differ)
+tokens, lengths = np.repeat(np.asarray(ref_tokens), G, 0), np.repeat(np.asarray(ref_lengths), G, 0)
+mask = (np.arange(NEW)[None] < lengths[:, None]).astype(np.float32)
 micro = dict(prompt=prompt, tokens=np.asarray(tokens), mask=mask, advantages=rng.normal(size=P * G).astype(np.float32),
-             rows=np.ones(P * G, np.float32), ref_logp=(np.asarray(sampled_logp) + rng.normal(size=mask.shape) * 0.1).astype(np.float32))
+             rows=np.ones(P * G, np.float32), ref_logp=(-rng.random(mask.shape) * 2).astype(np.float32))
 cfg = GRPOConfig(num_generations=G, max_new_tokens=NEW, beta=0.04)
 
 def grpo_loss(p, mb):
@@ -228,7 +231,10 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     m_sh = sharding.batch_shardings(micro, mesh, micro=False)
     fn = jax.jit(value_and_grad, in_shardings=(p_sh, m_sh), out_shardings=(NamedSharding(mesh, PartitionSpec()), p_sh))
     loss, grads = fn(placed, sharding.place(micro, m_sh))
-    worst = max(float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-12))
+    # relative to each gradient's own scale, floored at a thousandth of the largest: a parameter whose
+    # gradient all but cancels would otherwise compare float32 rounding with nothing
+    top = max(float(jnp.max(jnp.abs(r))) for r in jax.tree.leaves(ref_grads))
+    worst = max(float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-3 * top))
                 for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)))
     x_sh = sharding.batch_shardings(prompt, mesh, micro=False)
     toks, lens, _ = sample(placed, sharding.place(prompt, x_sh), jax.random.key(0), greedy, 1)
