@@ -1,15 +1,9 @@
 """The GRPO loss and gradients and the sampler's greedy tokens over a (data, fsdp, tensor) mesh of 8 fake CPU
 devices equal the unsharded computation."""
 
-import json
-import os
-import subprocess
-import sys
-
-import numpy as np
 import pytest
 
-from .test_sft_sharded import ROOT
+from .test_sft_sharded import run_child
 
 _GRPO_CHILD = r"""
 import json, sys, tempfile
@@ -108,13 +102,7 @@ def test_grpo_loss_and_greedy_rollouts_over_four_meshes_equal_one_device():
     split over data x fsdp: the GRPO loss (clipped surrogate + k3 KL, teacher-forced log-probs of G = 2
     completions per prompt from one shared prefill) and its gradients equal the one-device computation, and
     the sampler's greedy tokens are the same tokens."""
-    seed = int(np.random.SeedSequence().entropy % 2**31)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", _GRPO_CHILD, str(seed)], capture_output=True, text=True, env=env,
-                         timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-4000:]
-    results = json.loads(out.stdout.split("RESULT ", 1)[1])
+    results = run_child(_GRPO_CHILD)
     assert results.pop("distinct_greedy_rows") > 1  # prompts answered differently: a misplaced row would show
     for mesh, r in results.items():
         assert abs(r["loss"] - r["ref_loss"]) <= 1e-5 * max(abs(r["ref_loss"]), 1.0), (mesh, r)

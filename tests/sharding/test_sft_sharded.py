@@ -112,20 +112,27 @@ print("RESULT " + json.dumps(results))
 """
 
 
+def run_child(script: str) -> dict:
+    """Run `script` in a fresh Python (its own 8 CPU devices; JAX in this process is already started) with a
+    seed drawn afresh; its `RESULT {json}` line."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True, text=True, env=env,
+                         timeout=900, cwd=ROOT)
+    assert out.returncode == 0, f"seed {seed}:\n" + out.stderr[-4000:]
+    return json.loads(out.stdout.split("RESULT ", 1)[1])
+
+
 @pytest.mark.slow
 def test_sft_loss_and_gradients_over_four_meshes_equal_one_device():
     """For meshes (data, fsdp, tensor) = (8,1,1), (1,8,1), (2,2,2), (1,2,4) of fake CPU devices: the loss and
     every parameter's gradient equal the one-device computation (relative to the gradient's scale), each
     gradient carries the sharding `sharding.RULES` gives its parameter, parameters are really split where
     fsdp or tensor > 1, and the batch is split over data x fsdp. Then one SFT step over (2, 2, 2): the new
-    parameters and momentum equal the one-device step's and stay where the rules put them."""
-    seed = int(np.random.SeedSequence().entropy % 2**31)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(seed)], capture_output=True, text=True, env=env,
-                         timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-4000:]
-    results = json.loads(out.stdout.split("RESULT ", 1)[1])
+    parameters equal the update from the one-device gradients and stay, with the momentum, where the rules
+    put them."""
+    results = run_child(_CHILD)
     for mesh, r in results.items():
         if mesh == "step":
             continue
