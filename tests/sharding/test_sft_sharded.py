@@ -38,7 +38,6 @@ from rsground_jax.train import TrainState, make_sft_step, stack_micro_batches
 from rsground_jax.train.losses import LOSSES
 
 seed = int(sys.argv[1])
-import time; t0 = time.time(); log = lambda m: print(f"[{time.time() - t0:6.1f}s] {m}", file=sys.stderr)
 template, proc, _ = prompt_from_spec(read_prompt_spec(BASE_MODEL_DIR))
 tok = load_tokenizer(BASE_MODEL_DIR)
 with tempfile.TemporaryDirectory() as d:
@@ -47,7 +46,6 @@ with tempfile.TemporaryDirectory() as d:
                                                                       on_overflow="skip", answer_style="brief_cot"),
                       template=template)
     b = next(iter(pl))
-log('data')
 import dataclasses
 from rsground_jax.models import Qwen25VL
 base = load_model(BASE_MODEL_DIR).config  # its tokenizer and image processor make the batch
@@ -86,7 +84,7 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
         worst = max(worst, float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-3 * top)))
         split += g.addressable_shards[0].data.size < g.size
     ids = sharding.place(batch, b_sh)["input_ids"]
-    log(sizes); results[str(sizes)] = dict(loss=float(loss), ref_loss=float(ref_loss), worst_rel_grad=worst, split_params=split,
+    results[str(sizes)] = dict(loss=float(loss), ref_loss=float(ref_loss), worst_rel_grad=worst, split_params=split,
                                params=len(ref_flat), fallback=[list(f[0]) for f in fallback],
                                ids_shard=list(ids.addressable_shards[0].data.shape))
 
