@@ -145,23 +145,26 @@ def plan(req: PlanRequest) -> dict:
     host_batch = sft_batch(cfg, batch, req.seq, req.image_side)
     abstract_batch = _abstract(host_batch)
     fallback: list = []
-    state_sh = sharding.state_shardings(state, mesh)
     sharding.param_specs(params, mesh, report=fallback)
-    step = make_train_step(graphdef, tx, LOSSES["sft_ce"], shardings=(state_sh, sharding.batch_shardings(abstract_batch, mesh)))
-    compiled = step.lower(state, abstract_batch).compile()
-    mem = compiled.memory_analysis()
+    state_sh = sharding.state_shardings(state, mesh)
+    step = make_train_step(graphdef, tx, LOSSES["sft_ce"],
+                           shardings=(state_sh, sharding.batch_shardings(abstract_batch, mesh)))
+    mem = step.lower(state, abstract_batch).compile().memory_analysis()
 
-    # the independent count: every parameter's bytes over the product of the mesh axes its spec names
+    def shard_bytes(leaves, shardings):  # the bytes of the shards the compiled program takes, one device's
+        return sum(math.prod(sh.shard_shape(x.shape)) * x.dtype.itemsize for x, sh in zip(leaves, shardings))
+
+    p_leaves, p_sh = jax.tree.leaves(params), jax.tree.leaves(state_sh.params)
+    per_device_params = shard_bytes(p_leaves, p_sh)
+    opt_bytes = shard_bytes(jax.tree.leaves(state.opt_state), jax.tree.leaves(state_sh.opt_state))
+    # the independent count: every parameter's bytes over the product of the mesh sizes its spec names
     n_params, naive = 0, 0.0
-    for leaf, sh in zip(jax.tree.leaves(params), jax.tree.leaves(sharding.param_shardings(params, mesh))):
+    for leaf, sh in zip(p_leaves, p_sh):
         n = math.prod(leaf.shape)
         n_params += n
-        split = math.prod(mesh.shape[a] for entry in sh.spec if entry for a in ((entry,) if isinstance(entry, str) else entry))
+        split = math.prod(mesh.shape[a] for entry in sh.spec if entry
+                          for a in ((entry,) if isinstance(entry, str) else entry))
         naive += n * leaf.dtype.itemsize / split
-    per_device_params = sum(math.prod(sh.shard_shape(leaf.shape)) * leaf.dtype.itemsize
-                            for leaf, sh in zip(jax.tree.leaves(params), jax.tree.leaves(sharding.param_shardings(params, mesh))))
-    opt_bytes = sum(math.prod(sh.shard_shape(leaf.shape)) * leaf.dtype.itemsize
-                    for leaf, sh in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(state_sh.opt_state)))
     image_tokens = int((host_batch["input_ids"][0, 0] == cfg.image_token_id).sum())
     flops = model_flops(cfg, batch, req.seq, image_tokens)
     devices = math.prod(req.mesh.values())

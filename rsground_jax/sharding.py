@@ -202,13 +202,8 @@ def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES, *, micro: bool = Tr
             continue
         axes = ("micro", *axes) if micro else axes
         shape = np.shape(value)
-        report: list = []
-        spec = logical_spec(axes, shape, mesh, rules, report)
-        if report:
-            split = math.prod(mesh.shape[a] for a in rules["batch"])
-            raise MeshError(f"batch array {key!r} of shape {shape}: its batch dimension {shape[axes.index('batch')]} "
-                            f"does not divide over the mesh's data x fsdp = {split} devices")
-        out[key] = NamedSharding(mesh, spec)
+        check_batch_splits(shape[axes.index("batch")], mesh, f"batch array {key!r} of shape {shape}: its batch", rules)
+        out[key] = NamedSharding(mesh, logical_spec(axes, shape, mesh, rules))
     return out
 
 

@@ -211,9 +211,8 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
     if mesh is None:
         step = make_sft_step(graphdef, tx, freeze_vision=freeze_vision)
     else:
-        from ..sharding import batch_shardings, check_batch_splits, place, state_shardings
+        from ..sharding import batch_shardings, place, state_shardings
 
-        check_batch_splits(pipeline.config.batch_size, mesh)
         state_sh = state_shardings(state, mesh)
         state = place(state, state_sh)
         steps = {}
