@@ -52,8 +52,9 @@ RULES: dict[str, tuple[str, ...] | None] = {
 }
 
 # The logical axes of a step's batch arrays, without the leading micro-batch axis that `stack_micro_batches`
-# adds (`batch_shardings(..., micro=True)` puts it in front). Arrays not named here (pixel values, the vision
-# tower's index arrays) are whole on every device for now.
+# adds (`batch_shardings(..., micro=True)` puts it in front). Images grouped per device
+# (`inputs.group_vision_inputs`: pixel values [groups, P_g, patch_dim] and index arrays [groups, ...]) are split
+# over their group axis like the batch; a batch's images packed as one ([P, patch_dim]) stay whole.
 BATCH_AXES: dict[str, tuple[str | None, ...]] = {
     "input_ids": ("batch", "seq"),
     "attention_mask": ("batch", "seq"),
@@ -101,6 +102,12 @@ def check_batch_splits(batch_size: int, mesh: Mesh, what: str = "batch size", ru
     if batch_size % split:
         raise MeshError(f"{what} {batch_size} does not split over the mesh's data x fsdp = {split} devices "
                         f"(mesh {dict(mesh.shape)})")
+
+
+def batch_groups(mesh: Mesh, rules=RULES) -> int:
+    """How many pieces this process's rows of a batch are split into over the mesh (data x fsdp devices over
+    the processes): the groups `inputs.group_vision_inputs` packs the images into."""
+    return max(1, math.prod(mesh.shape[a] for a in rules["batch"]) // jax.process_count())
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -187,26 +194,67 @@ def state_shardings(state, mesh: Mesh, rules=RULES):
     return jax.tree_util.tree_unflatten(treedef, [pick(p, x) for p, x in flat])
 
 
-def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES, *, micro: bool = True):
-    """Shardings for a step batch (`BATCH_AXES`: the batch dimension split over data x fsdp; anything else
-    whole), stacked on a leading micro-batch axis when `micro`; nested dicts (a GRPO micro-batch's prompt)
-    alike. Raises a MeshError naming the array when its batch does not divide over the mesh."""
+def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES, *, micro: bool = True, processes: int = 1):
+    """Shardings for a step batch (`BATCH_AXES`: the batch dimension split over data x fsdp; images grouped per
+    device split over their group axis; anything else whole), stacked on a leading micro-batch axis when
+    `micro`; nested dicts (a GRPO micro-batch's prompt) alike. `processes` > 1: `batch` is one process's rows
+    of a global batch that many times larger (`global_batch` builds it). Raises a MeshError naming the array when its batch does not divide over the mesh."""
+    lead = ("micro",) if micro else ()
+    grouped = np.ndim(batch.get("pixel_values")) == len(lead) + 3
+
+    def split(key, value, axes):
+        shape = list(np.shape(value))
+        shape[axes.index("batch")] *= processes
+        shape = tuple(shape)
+        check_batch_splits(shape[axes.index("batch")], mesh, f"batch array {key!r} of shape {shape}: its batch", rules)
+        return NamedSharding(mesh, logical_spec(axes, shape, mesh, rules))
+
     out = {}
     for key, value in batch.items():
         if isinstance(value, Mapping) and key != "vision":
-            out[key] = batch_shardings(value, mesh, rules, micro=micro)
-            continue
-        axes = BATCH_AXES.get(key)
-        if axes is None or isinstance(value, Mapping):
+            out[key] = batch_shardings(value, mesh, rules, micro=micro, processes=processes)
+        elif grouped and key in ("pixel_values", "vision"):
+            out[key] = jax.tree.map(lambda v, key=key: split(key, v, (*lead, "batch") + (None,) * (np.ndim(v) - len(lead) - 1)),
+                                    value)
+        elif BATCH_AXES.get(key) is None or isinstance(value, Mapping):
             out[key] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), value)
-            continue
-        axes = ("micro", *axes) if micro else axes
-        shape = np.shape(value)
-        check_batch_splits(shape[axes.index("batch")], mesh, f"batch array {key!r} of shape {shape}: its batch", rules)
-        out[key] = NamedSharding(mesh, logical_spec(axes, shape, mesh, rules))
+        else:
+            out[key] = split(key, value, (*lead, *BATCH_AXES[key]))
     return out
 
 
 def place(tree, shardings):
-    """`jax.device_put` of a pytree onto its shardings (host arrays or arrays already on devices)."""
-    return jax.device_put(tree, shardings)
+    """`jax.device_put` of a pytree onto its shardings (host arrays or arrays already on devices). With several
+    processes every process passes the same whole values and keeps the pieces its devices hold."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, s):
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def global_batch(local, shardings):
+    """One process's rows of a batch (host arrays, as `batch_shardings(..., processes=N)` describes them) as
+    the global arrays of the step: each process gives its devices' rows, nothing is copied between hosts."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local, shardings)
+
+
+def check_process_layout(mesh: Mesh, rules=RULES, processes: int | None = None) -> None:
+    """A multi-process mesh must give each process whole batch shards, in process order: every device of a
+    batch shard (the tensor axis, which holds one shard's copies) on one host, and the hosts' shards
+    consecutive, so each host feeds exactly its own rows. Raise a MeshError naming the mesh otherwise."""
+    batch_axes = [a for a in MESH_AXES if a in (rules["batch"] or ())]
+    other = [a for a in MESH_AXES if a not in batch_axes]
+    order = [MESH_AXES.index(a) for a in batch_axes + other]
+    shards = np.asarray(mesh.devices).transpose(order).reshape(math.prod(mesh.shape[a] for a in batch_axes), -1)
+    owner = np.vectorize(lambda d: d.process_index)(shards)
+    procs = jax.process_count() if processes is None else processes
+    per = len(shards) // procs if len(shards) % procs == 0 else 0
+    if not per or any(len(set(row)) > 1 for row in owner.tolist()) or \
+            owner[:, 0].tolist() != [i // per for i in range(len(shards))]:
+        raise MeshError(f"mesh {dict(mesh.shape)} does not give each of the {procs} processes whole batch shards: "
+                        f"data x fsdp must be a multiple of the process count, and tensor at most the devices of "
+                        f"one host ({len(shards) * shards.shape[1] // procs})")

@@ -109,6 +109,18 @@ class Claim(WorkdirLock):
                 self.workdir.rmdir()
 
 
+class HeldElsewhere:
+    """The claim of a process that is not process 0 of a multi-process run: process 0 holds the workdir."""
+
+    committed = False
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def release(self) -> None:
+        pass
+
+
 def claim(workdir, settings: dict, *, resume: bool, command: str,
           differences: Callable[[dict, dict], list[str]], fresh_hint: str = "resume it (--resume)") -> Claim:
     """Lock `workdir` for this process and check `settings` (JSON-able) against the run that started it.

@@ -129,11 +129,15 @@ def stage_data(cfg, stage, index: int):
     so far for the resumed run and raises `Stopped`."""
     if "synth" in stage and stage.synth is not None:
         root = os.path.join(cfg.workdir, f"data_{stage.name}")
-        if not os.path.isdir(os.path.join(root, "Annotations")):
+        if not os.path.isdir(os.path.join(root, "Annotations")) and jax.process_index() == 0:
             seed = int(stage.get("data_seed", cfg.seed + index))
             with stop_requests() as stop:
                 generate_dataset(root, stage.num_images, seed=seed, config=synth_config(stage.synth.to_dict()),
                                  stop=stop)
+        if jax.process_count() > 1:  # process 0 writes the set into the shared workdir; the others wait for it
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"data_{stage.name}")
         fmt = "dior_rsvg"
     else:
         root, fmt = stage.data_root, stage.get("data_format", "auto")
@@ -268,9 +272,11 @@ class SFTStage:
 
     def run(self, ctx: StageRun) -> dict:
         st = next(x for x in ctx.cfg.stages if x.name == self.name)
+        hosts = jax.process_count()  # each host reads its shard and feeds its rows of every batch
         pl = sft_pipeline(ctx.train, ctx.tok, ctx.proc, PipelineConfig(
-            batch_size=self.batch_size, length_buckets=self.length_buckets, seed=self.seed,
-            answer_style=ctx.cfg.answer_style, leadin_fraction=self.leadin_fraction),
+            batch_size=self.batch_size // hosts, length_buckets=self.length_buckets, seed=self.seed,
+            answer_style=ctx.cfg.answer_style, leadin_fraction=self.leadin_fraction,
+            shard_index=jax.process_index(), shard_count=hosts),
             template=stage_template(ctx.template, st))
         opt = OptimConfig(lr=self.lr, warmup_steps=self.warmup_steps, total_steps=self.steps,
                           end_lr_fraction=self.end_lr_fraction, freeze_vision=self.freeze_vision,
@@ -342,10 +348,19 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
     template = template_from(cfg)
     stages = [stage_kind(st.get("task", "sft")).from_config(st, cfg, i) for i, st in enumerate(cfg.stages)]
     mesh = None
+    multi = jax.process_count() > 1
+    if multi and cfg.get("mesh") is None:
+        raise ExperimentConfigError(f"{source}: a multi-process run needs a mesh over every host's devices, e.g. "
+                                    "mesh.data=-1")
+    if multi and cfg.eval_images:
+        raise ExperimentConfigError(f"{source}: eval_images must be 0 in a multi-process run (evaluation is not "
+                                    "split over hosts yet; run `rsground eval` on the exported model)")
     if cfg.get("mesh") is not None:
-        from ..sharding import check_batch_splits, make_mesh
+        from ..sharding import check_batch_splits, check_process_layout, make_mesh
 
         mesh = make_mesh(cfg.mesh.to_dict())  # MeshError: sizes that do not fit this machine's devices
+        if multi:
+            check_process_layout(mesh)
         for st in stages:
             check_batch_splits(st.batch_size, mesh, f"{source}: stage {st.name}'s batch_size")
     lock.commit()  # the checks passed: the workdir is this run's
@@ -367,10 +382,16 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
             report["preempted"] = True
             return report
     report["wall_seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
+    if multi:  # parameters split over hosts come whole to every host; process 0 writes the files
+        from ..distributed import gather_to_host
+
+        nnx.update(model, gather_to_host(nnx.state(model, nnx.Param)))
+    leader = jax.process_index() == 0
+    if leader:
+        atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
-    elif cfg.output:
+    elif cfg.output and leader:
         save_model_dir(model, cfg.output, tokenizer=tok, recipe=report,
                        prompt_spec=prompt_spec(template, cfg.max_pixels, cfg.answer_style))
     report["model"] = model

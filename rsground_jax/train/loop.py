@@ -30,11 +30,12 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ..distributed import all_agree, allgather_json, is_multiprocess
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from ..stopping import stop_requests
 from ..workdir import WorkdirInUseError
-from ..models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
+from ..models.qwen2_5_vl.inputs import add_vision_inputs, group_vision_inputs, group_vision_sizes, static_vision_sizes
 from .step import MODEL_KEYS, TrainState, make_sft_step, stack_micro_batches
 
 log = logging.getLogger(__name__)
@@ -146,25 +147,39 @@ class PipelineData:
         return next(self.iterator)
 
     def state_dict(self) -> dict:
-        return self.pipeline.state_dict(self.iterator)
+        """The position; with several processes every process's, in process order (a collective)."""
+        state = self.pipeline.state_dict(self.iterator)
+        return {"processes": allgather_json(state)} if is_multiprocess() else state
 
     def load_state_dict(self, payload: dict, source: str) -> None:
+        saved = len(payload["processes"]) if "processes" in payload else 1
+        if saved != jax.process_count():
+            raise CheckpointMismatchError(
+                f"{source}: the data position was saved by {saved} process(es), this run has {jax.process_count()}; "
+                f"resume with {saved}")
+        if "processes" in payload:
+            payload = payload["processes"][jax.process_index()]
         self.pipeline.load_state_dict(self.iterator, payload, source=source)
 
 
 def micro_batches(data: PipelineData, vision_config, accum_steps: int, keys: tuple[str, ...] = MODEL_KEYS,
-                  samples_per_row: int = 1) -> Callable[[], tuple[dict, int]]:
+                  samples_per_row: int = 1, groups: int = 1) -> Callable[[], tuple[dict, int]]:
     """`next_inputs` for `run_loop` from a pipeline: `accum_steps` batches, each with the vision tower's index
     arrays at the run's static sizes, stacked on a leading micro-batch axis; the count is the real rows times
-    `samples_per_row` (GRPO: completions per prompt)."""
+    `samples_per_row` (GRPO: completions per prompt). `groups` > 1: the images packed per group of rows
+    (`group_vision_inputs`), one group per device the batch is split over."""
     grids, B = data.pipeline.plan.grid_thw, data.pipeline.config.batch_size
+    sizes = group_vision_sizes(grids, vision_config, B // groups) if groups > 1 else None
 
     def next_inputs():
         micro, samples = [], 0
         for _ in range(accum_steps):
             batch = next(data)
-            nw, fs = static_vision_sizes(grids, vision_config, B, batch["pixel_values"].shape[0])
-            micro.append(add_vision_inputs(batch, vision_config, num_windows=nw, frame_slots=fs))
+            if sizes is not None:
+                micro.append(group_vision_inputs(batch, vision_config, groups, **sizes))
+            else:
+                nw, fs = static_vision_sizes(grids, vision_config, B, batch["pixel_values"].shape[0])
+                micro.append(add_vision_inputs(batch, vision_config, num_windows=nw, frame_slots=fs))
             samples += int(batch["sample_valid"].sum()) * samples_per_row
         return stack_micro_batches(micro, keys), samples
 
@@ -202,27 +217,33 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
     batches for `cfg.total_steps` steps: `run_loop` with the SFT loss, `cfg.accum_steps` micro-batches a step.
 
     `mesh` (a (data, fsdp, tensor) `jax.sharding.Mesh`, or None for one device): the state is placed by the
-    sharding rules (`rsground_jax.sharding`), each batch split over data x fsdp, and the step runs over the
-    mesh; checkpoints hold whole arrays, so a run may resume on another mesh."""
+    sharding rules (`rsground_jax.sharding`), each batch split over data x fsdp with its images packed per
+    device (each device runs the vision tower over its own rows' images), and the step runs over the mesh; checkpoints hold whole arrays, so a run may resume on another mesh."""
     graphdef, params = nnx.split(model, nnx.Param)
     data = PipelineData(pipeline)
     state = TrainState.create(params, tx)
-    next_inputs = micro_batches(data, model.config.vision, cfg.accum_steps)
+    groups = 1
+    if mesh is not None:
+        from ..sharding import batch_groups
+
+        groups = batch_groups(mesh)
+    next_inputs = micro_batches(data, model.config.vision, cfg.accum_steps, groups=groups)
     if mesh is None:
         step = make_sft_step(graphdef, tx, freeze_vision=freeze_vision)
     else:
-        from ..sharding import batch_shardings, place, state_shardings
+        from ..sharding import batch_shardings, global_batch, place, state_shardings
 
         state_sh = state_shardings(state, mesh)
         state = place(state, state_sh)
-        steps = {}
+        steps, processes = {}, jax.process_count()
 
         def step(state, batch):  # one jitted program per batch layout (the keys and ranks; buckets share it)
             layout = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
             if layout not in steps:
-                steps[layout] = make_sft_step(graphdef, tx, freeze_vision=freeze_vision,
-                                              shardings=(state_sh, batch_shardings(batch, mesh)))
-            return steps[layout](state, batch)
+                b_sh = batch_shardings(batch, mesh, processes=processes)
+                steps[layout] = make_sft_step(graphdef, tx, freeze_vision=freeze_vision, shardings=(state_sh, b_sh)), b_sh
+            fn, b_sh = steps[layout]
+            return fn(state, global_batch(batch, b_sh) if processes > 1 else batch)
 
     return run_loop(state, step, next_inputs, data, cfg, workdir, resume=resume, name="sft", schedule=schedule,
                     on_log=on_log, on_exit=lambda state: nnx.update(model, state.params))
@@ -290,19 +311,21 @@ def _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule
     history: list[dict] = []
     step = int(state.step)  # counted on the host from here on: no device sync per step
     writer = bar = None
+    multi = is_multiprocess()
+    leader = not multi or jax.process_index() == 0  # files and the progress bar: process 0's
     preempted = False
     t_last, samples_since = time.perf_counter(), 0
     previous = None  # last step's metrics, read one step late so the host never waits for the device
     try:
-        writer = MetricsWriter(workdir, resumed_at=step)
-        if cfg.progress:
+        writer = MetricsWriter(workdir, resumed_at=step) if leader else None
+        if cfg.progress and leader:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
         with stop_requests() as preempt:
             for _ in range(step, cfg.total_steps):
                 inputs, samples = next_inputs()
-                samples_since += samples
+                samples_since += samples * jax.process_count()  # the processes' batches are alike in size
                 state, metrics = step_fn(state, inputs)
                 step += 1
                 _check_skips(previous, cfg)
@@ -316,7 +339,8 @@ def _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule
                         row["lr"] = float(schedule(step - 1))
                     t_last, samples_since = now, 0
                     history.append(row)
-                    writer.write(row)
+                    if writer is not None:
+                        writer.write(row)
                     if on_log:
                         on_log(row)
                     if bar is not None:
@@ -325,6 +349,8 @@ def _train(state, step_fn, next_inputs, data, mngr, cfg, workdir, name, schedule
                 if bar is not None:
                     bar.update(1)
                 stop = preempt.requested  # read once: a signal between two reads would stop without saving
+                if multi:  # a signal on any host stops every host at this step, so they save together
+                    stop = all_agree(stop)
                 if stop or step == cfg.total_steps or mngr.should_save(step):
                     _check_space(mngr, state, step)
                     mngr.save(step, args=_ckpt_args(state, data, run_info), force=True)

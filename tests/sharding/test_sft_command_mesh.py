@@ -1,13 +1,17 @@
-"""`rsground sft` over a mesh, through the installed command on 4 fake CPU devices: the losses equal the
-one-device run's, a run resumes on another mesh, and a mesh that does not fit is refused."""
+"""`rsground sft` over a mesh, through the installed command on fake CPU devices: the losses equal the
+one-device run's, a run resumes on another mesh, two processes (`jax.distributed`, gloo CPU collectives, 2
+fake devices each) train, resume and export as one job, and a mesh that does not fit is refused."""
 
 import json
 import os
+import socket
+import subprocess
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
-from tests.reliability.conftest import TINY_SFT, assert_refused, rsground
+from tests.reliability.conftest import RSGROUND, TINY_SFT, assert_refused, rsground
 
 FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
@@ -17,20 +21,70 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(tmp_path, *args, timeout=300):
+    """The same `rsground sft` command on two processes (ids from the environment, as on a pod's hosts)."""
+    port = _free_port()
+    procs, logs = [], []
+    for pid in range(2):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+               "RSGROUND_COORDINATOR": f"127.0.0.1:{port}", "RSGROUND_NUM_PROCESSES": "2", "RSGROUND_PROCESS_ID": str(pid)}
+        logs.append(tmp_path / f"p{pid}-{len(list(tmp_path.glob('p*.log')))}.log")
+        procs.append(subprocess.Popen([str(RSGROUND), "sft", "--config", str(TINY_SFT), *map(str, args)], cwd=tmp_path,
+                                      env=env, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return codes, [log.read_text() for log in logs]
+
+
 @pytest.mark.slow
-def test_sft_over_a_mesh_equals_one_device_and_resumes_on_another_mesh(tmp_path):
-    one = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'one'}", "stages.0.steps=6", cwd=tmp_path)
+def test_sft_over_a_mesh_and_over_two_processes_equals_one_device(tmp_path):
+    one = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'one'}", f"output={tmp_path / 'one_model'}",
+                   "stages.0.steps=4", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    # 3 steps with fsdp x tensor = 2 x 2, then resumed to 6 with the batch split 4 ways over data
-    split = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'mesh'}", "stages.0.steps=3",
+    ref = _losses(tmp_path / "one")
+    assert sorted(ref) == [1, 2, 3, 4], ref
+
+    # 2 steps with fsdp x tensor = 2 x 2, then resumed to 4 with the batch split 4 ways over data
+    split = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'mesh'}", "stages.0.steps=2",
                      "mesh={'fsdp': 2, 'tensor': 2}", cwd=tmp_path, env=FOUR_DEVICES)
     assert split.returncode == 0, split.stderr[-3000:]
-    resumed = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'mesh'}", "stages.0.steps=6", "--resume",
+    resumed = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'mesh'}", "stages.0.steps=4", "--resume",
                        "mesh={'data': 4}", cwd=tmp_path, env=FOUR_DEVICES)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ref, got = _losses(tmp_path / "one"), _losses(tmp_path / "mesh")
-    assert sorted(ref) == sorted(got) == list(range(1, 7)), (ref, got)
-    np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=2e-5)
+    got = _losses(tmp_path / "mesh")
+    assert sorted(got) == [1, 2, 3, 4], got
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [ref[s] for s in range(1, 5)], rtol=2e-5)
+
+    # two processes over one data x fsdp = 2 x 2 mesh: 2 steps, then resumed to 4 on both, with the export
+    mesh = "mesh={'data': 2, 'fsdp': 2}"
+    codes, logs = _two_processes(tmp_path, f"workdir={tmp_path / 'two'}", "stages.0.steps=2", mesh)
+    assert codes == [0, 0], "\n\n".join(x[-3000:] for x in logs)
+    # the checkpoint holds both processes' data positions (each reads its own shard)
+    saved = json.loads((tmp_path / "two" / "s" / "checkpoints" / "2" / "data" / "metadata").read_text())
+    assert len(saved["processes"]) == 2 and saved["processes"][0] != saved["processes"][1]
+    codes, logs = _two_processes(tmp_path, f"workdir={tmp_path / 'two'}", f"output={tmp_path / 'two_model'}",
+                                 "stages.0.steps=4", mesh, "--resume")
+    assert codes == [0, 0], "\n\n".join(x[-3000:] for x in logs)
+    got = _losses(tmp_path / "two")
+    assert sorted(got) == [1, 2, 3, 4], got
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [ref[s] for s in range(1, 5)], rtol=2e-5)
+    # one exported model, written by process 0 from the parameters both processes hold pieces of. Adam moves
+    # every weight by up to lr = 1e-3 a step whatever its gradient's size, so float noise in a near-zero
+    # gradient shows as up to about 1e-5 after 4 steps; 4e-5 is 1/100 of the largest possible move (a lost shard
+    # or a missed update is off by 1e-3)
+    a, b = load_file(tmp_path / "one_model" / "model.safetensors"), load_file(tmp_path / "two_model" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=4e-5, err_msg=k)
 
     refused = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'bad'}", "mesh={'data': 3}", cwd=tmp_path,
                        env=FOUR_DEVICES)
@@ -40,3 +94,6 @@ def test_sft_over_a_mesh_equals_one_device_and_resumes_on_another_mesh(tmp_path)
     assert_refused(refused, "batch_size 6", "data x fsdp = 4")
     refused = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'bad'}", "mesh={'pipeline': 2}", cwd=tmp_path)
     assert_refused(refused, "mesh must be")
+    refused = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'bad'}", "--coordinator", "127.0.0.1:1",
+                       cwd=tmp_path)
+    assert_refused(refused, "--coordinator needs --num-processes")

@@ -32,7 +32,8 @@ from rsground_jax.data.pipeline import PipelineConfig, sft_pipeline
 from rsground_jax.data.synthetic import PRESETS, generate_dataset
 from rsground_jax.data.tokenizer import load_tokenizer
 from rsground_jax.models.model_dir import BASE_MODEL_DIR, load_model, read_prompt_spec
-from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
+from rsground_jax.models.qwen2_5_vl.inputs import (add_vision_inputs, group_vision_inputs, group_vision_sizes,
+                                                   static_vision_sizes)
 import optax
 from rsground_jax.train import TrainState, make_sft_step, stack_micro_batches
 from rsground_jax.train.losses import LOSSES
@@ -71,10 +72,16 @@ ref_loss, ref_grads = jax.jit(value_and_grad)(params, batch)
 ref_flat = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
 top = max(float(jnp.max(jnp.abs(r))) for r in jax.tree.leaves(ref_grads))  # a floor for near-zero gradients
 results = {}
+def grouped(mesh):  # the images packed per device, as `rsground sft` over a mesh feeds them
+    groups = sharding.batch_groups(mesh)
+    g = group_vision_inputs(b, vcfg, groups, **group_vision_sizes(np.asarray(b["image_grid_thw"]), vcfg, 8 // groups))
+    return jax.tree.map(np.asarray, stack_micro_batches([g]))
+
 for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, sizes)))
     fallback = []
     p_sh = sharding.param_shardings(params, mesh, report=fallback)
+    batch = grouped(mesh)
     b_sh = sharding.batch_shardings(batch, mesh)
     fn = jax.jit(value_and_grad, in_shardings=(p_sh, b_sh), out_shardings=(NamedSharding(mesh, PartitionSpec()), p_sh))
     loss, grads = fn(sharding.place(params, p_sh), sharding.place(batch, b_sh))
@@ -83,10 +90,12 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
         assert g.sharding.is_equivalent_to(sh, g.ndim), (path, g.sharding, sh)
         worst = max(worst, float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-3 * top)))
         split += g.addressable_shards[0].data.size < g.size
-    ids = sharding.place(batch, b_sh)["input_ids"]
+    placed = sharding.place(batch, b_sh)
     results[str(sizes)] = dict(loss=float(loss), ref_loss=float(ref_loss), worst_rel_grad=worst, split_params=split,
                                params=len(ref_flat), fallback=[list(f[0]) for f in fallback],
-                               ids_shard=list(ids.addressable_shards[0].data.shape))
+                               ids_shard=list(placed["input_ids"].addressable_shards[0].data.shape),
+                               pixels_shard=list(placed["pixel_values"].addressable_shards[0].data.shape),
+                               window_shard=list(placed["vision"]["window_index"].addressable_shards[0].data.shape))
 
 # the train step itself over the (2, 2, 2) mesh: one program, the state kept where the rules put it
 mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -94,6 +103,7 @@ mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
 # first step, lr * g / |g|, would turn float32 noise in a near-zero gradient into a full step)
 tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
 state = TrainState.create(params, tx)
+batch = grouped(mesh)
 s_sh, b_sh = sharding.state_shardings(state, mesh), sharding.batch_shardings(batch, mesh)
 sharded_step = make_sft_step(graphdef, tx, shardings=(s_sh, b_sh))
 new, m = sharded_step(sharding.place(state, s_sh), sharding.place(batch, b_sh))
@@ -127,7 +137,8 @@ def test_sft_loss_and_gradients_over_four_meshes_equal_one_device():
     """For meshes (data, fsdp, tensor) = (8,1,1), (1,8,1), (2,2,2), (1,2,4) of fake CPU devices: the loss and
     every parameter's gradient equal the one-device computation (relative to the gradient's scale), each
     gradient carries the sharding `sharding.RULES` gives its parameter, parameters are really split where
-    fsdp or tensor > 1, and the batch is split over data x fsdp. Then one SFT step over (2, 2, 2): the new
+    fsdp or tensor > 1, and the batch is split over data x fsdp with each device's images packed apart
+    (grouped; the one-device reference packs them as one). Then one SFT step over (2, 2, 2): the new
     parameters equal the update from the one-device gradients and stay, with the momentum, where the rules
     put them."""
     results = run_child(_CHILD)
@@ -138,6 +149,8 @@ def test_sft_loss_and_gradients_over_four_meshes_equal_one_device():
         assert abs(r["loss"] - r["ref_loss"]) <= 1e-5 * abs(r["ref_loss"]), (mesh, r)
         assert r["worst_rel_grad"] <= 3e-4, (mesh, r)
         assert r["ids_shard"] == [1, 8 // (data * fsdp), 128], (mesh, r)
+        # the images too: one group of rows per device, each device's pixels and window indices its own
+        assert r["pixels_shard"][:2] == r["window_shard"][:2] == [1, 1], (mesh, r)
         if fsdp > 1 or tensor > 1:
             assert r["split_params"] >= r["params"] // 2, (mesh, r)
         else:

@@ -12,7 +12,7 @@ _EXPORTS = {
     "preset": "config", "tiny": "config",
     "Qwen25VL": "model", "count_params": "model",
     "prepare_inputs": "inputs", "vision_inputs": "inputs", "add_vision_inputs": "inputs",
-    "static_vision_sizes": "inputs",
+    "static_vision_sizes": "inputs", "group_vision_inputs": "inputs", "group_vision_sizes": "inputs",
     "is_orbax_dir": "orbax_io", "load_orbax": "orbax_io", "save_orbax": "orbax_io",
     "ImageTokenMismatchError": "rope_index", "get_rope_index": "rope_index",
     "KVCache": "text",

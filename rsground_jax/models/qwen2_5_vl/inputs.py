@@ -197,6 +197,44 @@ def add_vision_inputs(batch: dict, vcfg: VisionConfig, *, num_windows: int, fram
     return {**batch, "vision": vi.arrays()}
 
 
+def group_vision_inputs(batch: dict, vcfg: VisionConfig, groups: int, *, patches_per_group: int, num_windows: int,
+                        frame_slots: int) -> dict:
+    """Host side: a pipeline batch's images packed per group of rows, for a batch split over `groups` devices.
+
+    Rows [g * B/groups, (g+1) * B/groups) form group g; its images' patches are packed into
+    `pixel_values[g]` ([groups, patches_per_group, patch_dim], zero rows after them) with their own index arrays
+    (`vision[k]` gains a leading [groups] axis). A device then runs the tower over its own rows' images only,
+    and `Qwen25VL.embed` places each group's embeddings in that group's rows. Static sizes as
+    `group_vision_sizes` gives them for the whole run.
+    """
+    grid = np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
+    if len(grid) % groups:
+        raise ValueError(f"a batch of {len(grid)} images does not split into {groups} groups")
+    per = len(grid) // groups
+    starts = np.concatenate([[0], np.cumsum(grid.prod(-1))])
+    pv = np.asarray(batch["pixel_values"])
+    packed = np.zeros((groups, patches_per_group, pv.shape[-1]), pv.dtype)
+    arrays = []
+    for g in range(groups):
+        a, b = int(starts[g * per]), int(starts[(g + 1) * per])
+        if b - a > patches_per_group:
+            raise ValueError(f"group {g} holds {b - a} patches, more than its static {patches_per_group}")
+        packed[g, : b - a] = pv[a:b]
+        arrays.append(vision_inputs(grid[g * per : (g + 1) * per], vcfg, num_patches=patches_per_group,
+                                    num_windows=num_windows, frame_slots=frame_slots,
+                                    num_frames=per + max(1, -(-patches_per_group // frame_slots))).arrays())
+    return {**batch, "pixel_values": packed, "vision": {k: np.stack([v[k] for v in arrays]) for k in arrays[0]}}
+
+
+def group_vision_sizes(grids: np.ndarray, vcfg: VisionConfig, images_per_group: int) -> dict[str, int]:
+    """Static sizes of `group_vision_inputs` for groups of `images_per_group` images with grids among `grids`:
+    room for the largest images, so every batch of a run has one shape."""
+    grids = np.asarray(grids).reshape(-1, 3)
+    patches = int(grids.prod(-1).max()) * images_per_group + vcfg.merge_unit  # + one padding unit: never empty
+    num_windows, frame_slots = static_vision_sizes(grids, vcfg, images_per_group, patches)
+    return {"patches_per_group": patches, "num_windows": num_windows, "frame_slots": frame_slots}
+
+
 def static_vision_sizes(grids: np.ndarray, vcfg: VisionConfig, batch_size: int, num_patches: int) -> tuple[int, int]:
     """(num_windows, frame_slots) that hold any batch of `batch_size` images with grids among `grids`,
     plus the padding patches of a `num_patches` bucket."""

@@ -50,14 +50,26 @@ class Qwen25VL(nnx.Module):
         return self.vision(pixel_values, vision, self.dtype)
 
     def embed(self, input_ids: jax.Array, attention_mask: jax.Array, pixel_values=None, vision=None) -> jax.Array:
-        """Token embeddings with image embeddings placed, in order, at the `<|image_pad|>` positions."""
+        """Token embeddings with image embeddings placed, in order, at the `<|image_pad|>` positions.
+
+        pixel_values: [P, patch_dim] for the whole batch, or [groups, P_g, patch_dim] with `vision` arrays of a
+        leading [groups] axis (rows split evenly into groups in order)."""
         x = self.text.embed(input_ids, self.dtype)
         if pixel_values is None:
             return x
         if vision is None:
             raise ValueError("pixel_values given without `vision` index arrays: compute them with prepare_inputs")
-        images = self.encode_images(pixel_values, vision)
         is_image = (input_ids == self.config.image_token_id) & attention_mask.astype(bool)
+        if pixel_values.ndim == 3:
+            # grouped ([groups, P_g, patch_dim], `inputs.group_vision_inputs`): each group's rows take its own
+            # images, so a device whose rows are one group runs the tower over its images only
+            images = jax.vmap(self.encode_images)(pixel_values, vision)  # [groups, P_g / 4, hidden]
+            groups = images.shape[0]
+            flat = is_image.reshape(groups, -1)
+            order = jnp.clip(jnp.cumsum(flat, -1) - 1, 0, images.shape[1] - 1)
+            picked = jnp.take_along_axis(images, order[..., None], axis=1).reshape(*input_ids.shape, -1)
+            return jnp.where(is_image[..., None], picked.astype(x.dtype), x)
+        images = self.encode_images(pixel_values, vision)
         # k-th image token (in reading order over the batch) takes the k-th merged embedding
         order = jnp.cumsum(is_image.reshape(-1)) - 1
         order = jnp.clip(order, 0, images.shape[0] - 1).reshape(input_ids.shape)
