@@ -33,6 +33,7 @@ def get_config():
     c.reward_options = ml_collections.ConfigDict()
     c.coherence = ml_collections.ConfigDict(dict(enabled=False, kind="target_pairwise_iou", min_weight=0.5))
     c.eval_images = 200
+    c.mesh = None  # one device; mesh={"data": -1} splits the prompts over every device (docs/sharding.md)
     c.log_every = 10
     c.checkpoint_every = 50
     c.keep_checkpoints = 3

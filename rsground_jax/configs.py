@@ -179,6 +179,7 @@ EXPERIMENT_FIELDS: dict[str, Field] = {
                   "most one -1 (the devices left)", lambda v: _mesh_ok(v), resumable=True),
     **_INTERVALS,
 }
+MESH_FIELD = EXPERIMENT_FIELDS["mesh"]
 
 def _mesh_ok(sizes) -> bool:
     values = [sizes[k] for k in sizes.keys()]
@@ -236,8 +237,8 @@ def check_experiment(cfg: ml_collections.ConfigDict, source: str = "config") -> 
         _check_fields(st, STAGE_FIELDS[task], source, where + ".")
         if task == "grpo":
             _check_grpo_parts(st, source, where + ".")
-        if cfg.get("mesh") is not None and task != "sft":
-            raise ConfigError(f"{source}: mesh is supported by sft stages only so far; {where} ({st.name}) is a "
+        if cfg.get("mesh") is not None and task == "vision":
+            raise ConfigError(f"{source}: mesh is supported by sft and grpo stages so far; {where} ({st.name}) is a "
                               f"{task} stage (docs/sharding.md)")
         if st.name in names:
             raise ConfigError(f"{source}: {where}.name {st.name!r} is used by an earlier stage")
@@ -386,6 +387,7 @@ GRPO_FIELDS: dict[str, Field] = {
     "reward_options": Field((ml_collections.ConfigDict,), "a dict of reward name -> options"),
     "coherence": Field((ml_collections.ConfigDict,), "a dict: enabled, kind, min_weight"),
     "eval_images": _int(*_NON_NEGATIVE, required=True, resumable=True),
+    "mesh": MESH_FIELD,
     **_INTERVALS,
 }
 GRPO_RESUMABLE_KEYS = {k for k, f in GRPO_FIELDS.items() if f.resumable}

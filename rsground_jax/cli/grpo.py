@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .sft import run_config
+from .sft import add_distributed_arguments, run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "saves and exits with status 3), metrics in <workdir>/grpo/metrics.jsonl and TensorBoard files, "
                      "validation at the end, and a complete model folder written to `output`.\n"
                      "One run at a time per workdir; --resume refuses another config (except steps, output, "
-                     "eval_images and the log and checkpoint intervals).\n"
+                     "eval_images, mesh and the log and checkpoint intervals).\n"
+                     "The config's `mesh` (e.g. mesh.fsdp=-1) splits the policy, reference and prompts over the "
+                     "devices; with --coordinator/--distributed one job spans several hosts.\n"
                      "Override any config value as key=value, e.g.  rsground grpo --config configs/grpo_tiny_synthetic.py "
                      "steps=20 grpo.num_generations=4"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the workdir (parameters, optimizer, rollout key, data "
                         "position). Without it, a workdir that holds an earlier run is an error")
+    add_distributed_arguments(p)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (also as --config.key.sub=value)")
     p.set_defaults(func=run)
 

@@ -10,8 +10,9 @@ Two stages.
    never load a tokenizer, and every skip is decided before the first batch.
 
 2. **Grain** (`grain.MapDataset`): `range(n)` -> `shuffle(seed)` (a new permutation every epoch) ->
-   `repeat(num_epochs)` (None: forever) -> per-host shard `[shard_index::shard_count]` of the shuffled
-   stream (hosts see disjoint samples in each epoch) -> `batch(batch_size)` of sample indices ->
+   `repeat(num_epochs)` (None: forever) -> `batch(batch_size x shard_count)` of sample indices -> with
+   several hosts, this host's block of rows of each such global batch (`HostRows`: the hosts' blocks in
+   process order are the batch one host would read; disjoint samples) ->
    `map(MakeBatch)`: decode each image, resize and normalize + patchify it straight into its rows of the
    batch (`images.write_patches`, bit-identical to `ImageProcessor.process_one`), expand the image
    tokens, pad, M-RoPE positions -> `to_iter_dataset` (`read_threads` threads) -> `mp_prefetch(num_workers)`
@@ -312,6 +313,17 @@ def _smallest_fitting(buckets: Sequence[int], size: int, what: str) -> int:
     raise PipelineError(f"a batch needs {size} {what}, more than the largest bucket {buckets[-1]}")
 
 
+@dataclasses.dataclass(frozen=True)
+class HostRows:
+    """One host's block `[start, start + size)` of a global batch's sample indices (picklable for workers)."""
+
+    start: int
+    size: int
+
+    def __call__(self, indices: np.ndarray) -> np.ndarray:
+        return indices[self.start : self.start + self.size]
+
+
 def index_array(indices: Sequence[int]) -> np.ndarray:
     """Grain `batch_fn` for the index stage: the sample indices of one batch."""
     return np.asarray(indices, np.int64)
@@ -429,16 +441,16 @@ class Pipeline:
             ds = ds.shuffle(seed=config.seed)
         if config.num_epochs != 1:
             ds = ds.repeat(config.num_epochs)
-        if config.shard_count > 1:
-            if config.num_epochs is not None:
-                # Pad a finite stream to a multiple of the host count with -1 (filled with sample_valid = 0
-                # copies), so that every host sees the same number of batches and none waits for another.
-                pad = (-len(ds)) % config.shard_count
-                if pad:
-                    ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([-1] * pad)])
-            ds = ds[config.shard_index :: config.shard_count]
         self.make_batch = MakeBatch(plan, config.batch_size, self.length_buckets, self.patch_buckets, side)
-        ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=index_array)
+        b, hosts = config.batch_size, config.shard_count
+        ds = ds.batch(b * hosts, drop_remainder=config.drop_remainder, batch_fn=index_array)
+        if hosts > 1:
+            # Each global batch (batch_size x shard_count samples) is cut into consecutive blocks, one per host:
+            # the hosts' rows, stacked in process order, are the batch a single host would have read, so a
+            # multi-host run sees the same batches, in the same row order, as one process. A last partial
+            # batch leaves a host a short or empty block, filled with sample_valid = 0 copies: every host reads
+            # as many batches as the others and none waits.
+            ds = ds.map(HostRows(config.shard_index * b, b))
         self.dataset = ds.map(self.make_batch)
 
     @property

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from ..configs import check_grpo_config, grpo_config_differences, grpo_settings, plain_config
+from ..configs import ConfigError, check_grpo_config, grpo_config_differences, grpo_settings, plain_config
 from ..data.chat import prompt_from_spec, prompt_spec
 from ..data.pipeline import PipelineConfig, rl_pipeline
 from ..data.tokenizer import special_token_ids
@@ -127,21 +127,28 @@ class GRPOStage:
                    freeze_vision=bool(st.get("freeze_vision", False)), clip_norm=st.get("clip_norm", 1.0),
                    accum_steps=int(st.get("accum_steps", 1)), seed=int(st.get("seed", cfg.seed + index)), **intervals)
 
+    @property
+    def mesh_rows(self) -> int:
+        """The rows of a micro-batch that a mesh splits over data x fsdp: its prompts."""
+        return prompts_per_micro_batch(self)
+
     def run(self, ctx) -> dict:
         """Run inside an experiment (`train.experiment.StageRun`): the report row."""
         g = self.grpo
         ref = jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param)) if g.beta > 0 else None
         ts = time.time()
         res = train_grpo(ctx.model, ref, ctx.train, ctx.tok, ctx.proc, ctx.template, self, ctx.workdir,
-                            resume=ctx.resume, progress=ctx.progress, run_info={"reference": f"stage {self.name} start"})
+                         resume=ctx.resume, progress=ctx.progress, run_info={"reference": f"stage {self.name} start"},
+                         mesh=ctx.mesh)
         return {"stage": self.name, "task": "grpo", "steps": self.steps, "seconds": round(time.time() - ts, 1),
                 "last": res.history[-1] if res.history else None, "preempted": res.preempted}
 
 
 def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workdir: str, *, resume: bool,
-               progress: bool, run_info: dict, planned=None):
+               progress: bool, run_info: dict, planned=None, mesh=None):
     """GRPO of `model` (updated in place) on `records` under `workdir`; returns the loop's result. `planned` is a
-    pipeline already built from the records (the command plans it before taking the workdir)."""
+    pipeline already built from the records (the command plans it before taking the workdir); `mesh` as
+    `run_grpo` takes it."""
     g = stage.grpo
     pl = planned if planned is not None else grpo_pipeline(records, tok, proc, template, stage)
     sp = special_token_ids(tok)
@@ -157,15 +164,41 @@ def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workd
                       log_every=stage.log_every, checkpoint_every=stage.checkpoint_every,
                       keep_checkpoints=stage.keep_checkpoints)
     return run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, workdir, seed=stage.seed,
-                    resume=resume, schedule=schedule(opt), run_info=run_info)
+                    resume=resume, schedule=schedule(opt), run_info=run_info, mesh=mesh)
 
 
 def grpo_pipeline(records, tok, proc, template, stage: GRPOStage):
     """The stage's prompt pipeline: prompts x G = batch_size completions a micro-batch (dynamic sampling draws
     more); a prompt longer than max_prompt_length is refused here, before any training."""
-    P = stage.batch_size // stage.grpo.num_generations * stage.grpo.prompts_drawn_per_kept
-    return rl_pipeline(records, tok, proc, PipelineConfig(batch_size=P, length_buckets=(stage.max_prompt_length,),
-                                                          seed=stage.seed), template=template)
+    hosts = jax.process_count()  # each host reads its shard of the prompts and feeds its rows
+    return rl_pipeline(records, tok, proc, PipelineConfig(
+        batch_size=prompts_per_micro_batch(stage) // hosts, length_buckets=(stage.max_prompt_length,), seed=stage.seed,
+        shard_index=jax.process_index(), shard_count=hosts), template=template)
+
+
+def prompts_per_micro_batch(stage: GRPOStage) -> int:
+    """Prompts drawn for one micro-batch: batch_size / G groups, times the oversampling of dynamic sampling."""
+    return stage.batch_size // stage.grpo.num_generations * stage.grpo.prompts_drawn_per_kept
+
+
+def _mesh(cfg, stage: GRPOStage):
+    """The config's mesh (None: one device), checked against the devices, the hosts and the prompts."""
+    multi = jax.process_count() > 1
+    if multi and cfg.get("mesh") is None:
+        raise ConfigError("a multi-process run needs a mesh over every host's devices, e.g. mesh.data=-1")
+    if multi and cfg.eval_images:
+        raise ConfigError("eval_images must be 0 in a multi-process run (evaluation is not split over hosts yet; "
+                          "run `rsground eval` on the exported model)")
+    if cfg.get("mesh") is None:
+        return None
+    from ..sharding import check_batch_splits, check_process_layout, make_mesh
+
+    mesh = make_mesh(cfg.mesh.to_dict())
+    if multi:
+        check_process_layout(mesh)
+    check_batch_splits(prompts_per_micro_batch(stage), mesh, "prompts per micro-batch (batch_size / "
+                       "grpo.num_generations, times the dynamic-sampling oversampling)")
+    return mesh
 
 
 def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
@@ -178,6 +211,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
         return f"step {done} of {cfg.steps}" if done < cfg.steps else ""
 
     export_done = check_output(cfg.output, cfg.workdir, resume, steps_left)
+    mesh = _mesh(cfg, stage)
     spec = read_prompt_spec(init)
     template, proc, _ = prompt_from_spec(spec)
     tok = tokenizer_from(cfg.get("tokenizer") or init)
@@ -197,8 +231,8 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     lock.commit()
     t0 = time.time()
     res = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(cfg.workdir, STAGE),
-                         resume=resume, progress=progress, planned=pl,
-                         run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
+                     resume=resume, progress=progress, planned=pl, mesh=mesh,
+                     run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "seconds": round(time.time() - t0, 1),
               "steps": cfg.steps, "prompts": len(pl.plan), "preempted": res.preempted,
@@ -210,10 +244,16 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
                       max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
         report["val"] = ev.metrics
     print(json.dumps({k: report[k] for k in ("steps", "seconds", "last", "val") if k in report}), flush=True)
-    atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
+    if jax.process_count() > 1:  # parameters split over hosts come whole to every host; process 0 writes
+        from ..distributed import gather_to_host
+
+        nnx.update(model, gather_to_host(nnx.state(model, nnx.Param)))
+    leader = jax.process_index() == 0
+    if leader:
+        atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
-    elif cfg.output:
+    elif cfg.output and leader:
         save_model_dir(model, cfg.output, tokenizer=tok, recipe=report,
                        prompt_spec=prompt_spec(template, spec["max_pixels"], spec["answer_style"]))
     report["model"] = model

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ..eval.metrics import box_area
 from ..generate.sampler import SamplingConfig, generate_fn
@@ -97,12 +98,16 @@ def _completion_logits(model, cache, mask, pos, tokens, g: int, lp: int):
     return model.text.logits(hidden)
 
 
-def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConfig):
+def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConfig, *, shardings: tuple | None = None):
     """The jitted step `step(state, ref_params, tables, batch) -> (state, metrics)`.
 
     state: an `RLTrainState` (raw key data); ref_params: the frozen reference policy's parameters
     (ignored with beta 0); tables: `TokenBytes.tables()` as arrays; batch: prompt micro-batches [A, P, ...]
     (`PROMPT_KEYS`). The state is donated.
+
+    `shardings`: (the state's, the reference's or None, the batch's) from `rsground_jax.sharding`: the step runs
+    over their mesh, the prompts (and so the rollouts, P x G rows) split over data x fsdp, the weights as the
+    rules place them; the tables and metrics whole on every device.
     """
     g_cfg = cfg.grpo
     G = g_cfg.num_generations
@@ -116,7 +121,8 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
         old = mb["old_logp"] if g_cfg.num_iterations > 1 else jax.lax.stop_gradient(logp)
         return grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg, rows=mb["rows"])
 
-    update = make_update(graphdef, tx, loss_fn, freeze_vision=cfg.freeze_vision)
+    update = make_update(graphdef, tx, loss_fn, freeze_vision=cfg.freeze_vision,
+                         param_shardings=None if shardings is None else shardings[0].params)
 
     def step(state: RLTrainState, ref_params, tables, batch):
         prompts = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
@@ -196,5 +202,10 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
         })
         return state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    state_sh, ref_sh, batch_sh = shardings
+    everywhere = NamedSharding(jax.tree.leaves(state_sh)[0].mesh, PartitionSpec())
+    return jax.jit(step, in_shardings=(state_sh, ref_sh, everywhere, batch_sh), out_shardings=(state_sh, everywhere),
+                   donate_argnums=0)
 

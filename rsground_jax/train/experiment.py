@@ -270,6 +270,11 @@ class SFTStage:
                    vision_lr_scale=float(st.get("vision_lr_scale", 1.0)), accum_steps=int(st.get("accum_steps", 1)),
                    leadin_fraction=float(st.get("leadin_fraction", 0.0)), **intervals)
 
+    @property
+    def mesh_rows(self) -> int:
+        """The rows of a micro-batch that a mesh splits over data x fsdp."""
+        return self.batch_size
+
     def run(self, ctx: StageRun) -> dict:
         st = next(x for x in ctx.cfg.stages if x.name == self.name)
         hosts = jax.process_count()  # each host reads its shard and feeds its rows of every batch
@@ -362,7 +367,7 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
         if multi:
             check_process_layout(mesh)
         for st in stages:
-            check_batch_splits(st.batch_size, mesh, f"{source}: stage {st.name}'s batch_size")
+            check_batch_splits(st.mesh_rows, mesh, f"{source}: stage {st.name}'s rows per micro-batch")
     lock.commit()  # the checks passed: the workdir is this run's
     t0 = time.time()
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),

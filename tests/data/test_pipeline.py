@@ -150,10 +150,24 @@ def test_hosts_get_disjoint_shards_of_each_epoch(train_records, small_tokenizer)
     n = len(train_records)
     seen = []
     for shard in range(2):
-        cfg = PipelineConfig(batch_size=1, num_epochs=1, seed=5, shard_index=shard, shard_count=2)
+        cfg = PipelineConfig(batch_size=1, num_epochs=1, seed=5, shard_index=shard, shard_count=2, drop_remainder=False)
         seen.append([int(b["record_index"][0]) for b in sft_pipeline(train_records, small_tokenizer, PROC, cfg) if b["sample_valid"][0]])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(n))
+
+
+def test_hosts_blocks_stack_into_the_one_host_batch(train_records, small_tokenizer):
+    """A multi-host run sees one host's batches: host h's rows are the h-th block of the global batch."""
+    hosts, b = 2, 3
+    one = sft_pipeline(train_records, small_tokenizer, PROC, PipelineConfig(batch_size=hosts * b, num_epochs=2, seed=7))
+    shards = [sft_pipeline(train_records, small_tokenizer, PROC,
+                           PipelineConfig(batch_size=b, num_epochs=2, seed=7, shard_index=h, shard_count=hosts))
+              for h in range(hosts)]
+    batches = list(one)
+    assert len(batches) > 2
+    for whole, *parts in zip(batches, *shards, strict=True):
+        assert np.concatenate([p["record_index"] for p in parts]).tolist() == whole["record_index"].tolist()
+        assert np.concatenate([p["sample_valid"] for p in parts]).tolist() == whole["sample_valid"].tolist()
 
 
 @pytest.mark.parametrize("drop_remainder", [False, True])

@@ -37,6 +37,7 @@ def get_config():
     c.reward_options = ml_collections.ConfigDict()
     c.coherence = ml_collections.ConfigDict(dict(enabled=True, kind="pairwise_iou", min_weight=0.5))
     c.eval_images = 0
+    c.mesh = None  # one device; `mesh={...}` splits it (tests/sharding)
     c.log_every = 1
     c.checkpoint_every = 2
     c.keep_checkpoints = 2

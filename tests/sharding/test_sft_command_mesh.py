@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.reliability.conftest import RSGROUND, TINY_SFT, assert_refused, rsground
+from tests.reliability.conftest import REPO, RSGROUND, TINY_SFT, assert_refused, rsground
+
+TINY_GRPO = REPO / "tests" / "reliability" / "tiny_grpo.py"
 
 FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
 
-def _losses(workdir):
-    rows = [json.loads(line) for line in open(workdir / "s" / "metrics.jsonl")]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+def _losses(workdir, stage="s", key="loss"):
+    rows = [json.loads(line) for line in open(workdir / stage / "metrics.jsonl")]
+    return {r["step"]: r[key] for r in rows if key in r}
 
 
 def _free_port() -> int:
@@ -27,15 +29,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(tmp_path, *args, timeout=300):
-    """The same `rsground sft` command on two processes (ids from the environment, as on a pod's hosts)."""
+def _two_processes(tmp_path, *args, command=("sft", "--config", TINY_SFT), timeout=300):
+    """The same `rsground` command on two processes (ids from the environment, as on a pod's hosts)."""
     port = _free_port()
     procs, logs = [], []
     for pid in range(2):
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                "RSGROUND_COORDINATOR": f"127.0.0.1:{port}", "RSGROUND_NUM_PROCESSES": "2", "RSGROUND_PROCESS_ID": str(pid)}
         logs.append(tmp_path / f"p{pid}-{len(list(tmp_path.glob('p*.log')))}.log")
-        procs.append(subprocess.Popen([str(RSGROUND), "sft", "--config", str(TINY_SFT), *map(str, args)], cwd=tmp_path,
+        procs.append(subprocess.Popen([str(RSGROUND), *map(str, command), *map(str, args)], cwd=tmp_path,
                                       env=env, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
     try:
         codes = [p.wait(timeout=timeout) for p in procs]
@@ -97,3 +99,20 @@ def test_sft_over_a_mesh_and_over_two_processes_equals_one_device(tmp_path):
     refused = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'bad'}", "--coordinator", "127.0.0.1:1",
                        cwd=tmp_path)
     assert_refused(refused, "--coordinator needs --num-processes")
+
+
+@pytest.mark.slow
+def test_grpo_over_two_processes_equals_one_device(tmp_path):
+    """`rsground grpo` as one job over two processes (4 prompts x 4 generations a step, each host feeding 2
+    prompts and running the tower over its own images): rollouts, rewards and losses equal the one-device run."""
+    grpo = ("grpo", "--config", TINY_GRPO)
+    settings = ("steps=2", "batch_size=16", "data.prompts=8")
+    one = rsground(*grpo, f"workdir={tmp_path / 'one'}", *settings, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    codes, logs = _two_processes(tmp_path, f"workdir={tmp_path / 'two'}", *settings, "mesh={'data': 2, 'fsdp': 2}",
+                                 command=grpo)
+    assert codes == [0, 0], "\n\n".join(x[-3000:] for x in logs)
+    for key in ("loss", "reward", "rollout_iou", "completion_length", "kl"):
+        ref, got = _losses(tmp_path / "one", "grpo", key), _losses(tmp_path / "two", "grpo", key)
+        assert sorted(ref) == sorted(got) == [1, 2], (key, ref, got)
+        np.testing.assert_allclose([got[1], got[2]], [ref[1], ref[2]], rtol=1e-4, atol=1e-6, err_msg=key)
