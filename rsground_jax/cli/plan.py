@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "devices, one per accelerator, and print per-device memory (parameters, optimizer state, "
             "activations and other temporaries), whether it fits the device, FLOPs and the step time at a "
             "stated MFU. Example:\n"
-            "  rsground plan --model 7b --mesh data=2,fsdp=16,tensor=4 --stage sft --device tpu-v5p"
+            "  rsground plan --model 7b --mesh data=2,fsdp=16,tensor=4 --stage sft --device tpu-v5p\n"
+            "--stage grpo compiles the whole GRPO step (rollouts from a shared prefill, rewards, the reference "
+            "policy's log-probs, the update) and adds the rollouts' KV cache and a step time that counts decoding "
+            "as bound by memory bandwidth"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -32,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sequences a step (default: one per data x fsdp shard)")
     p.add_argument("--seq", type=positive_int, default=1024, help="tokens a sequence, its image included")
     p.add_argument("--image-side", type=positive_int, default=448, help="pixels of each sequence's square image")
+    p.add_argument("--generations", type=positive_int, default=8,
+                   help="GRPO: completions per prompt (--batch then counts prompts)")
+    p.add_argument("--new-tokens", type=positive_int, default=256, help="GRPO: tokens a completion")
     p.add_argument("--mfu", type=positive_float, default=0.4, help="model FLOPs utilization for the time estimate")
     p.add_argument("--remat", default="full", choices=["none", "full", "dots"])
     p.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -49,7 +55,8 @@ def run(args) -> int:
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", math.prod(mesh.values()))
     result = plan(PlanRequest(model=args.model, mesh=mesh, stage=args.stage, batch=args.batch or 0, seq=args.seq,
-                              image_side=args.image_side, device=args.device, mfu=args.mfu, remat=args.remat,
+                              image_side=args.image_side, generations=args.generations,
+                              new_tokens=args.new_tokens, device=args.device, mfu=args.mfu, remat=args.remat,
                               compute_dtype=args.compute_dtype))
     print(json.dumps(result, indent=1) if args.json else format_plan(result))
     return 0
