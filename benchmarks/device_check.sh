@@ -14,7 +14,9 @@
 # 3. the GRPO benchmark on the GPU (issue 21 asks for it there): the rewards of 4,096 completions on the
 #    card against VLM-R1's Python loop on the host (>= 50x), and one GRPO step of the tiny and the 50M models
 #    against transformers' `generate` + a PyTorch loss on the same card (>= 3x);
-# 4. with SAMPLER=1 instead of 3 (its table has its H200 figures from session 13): the sampler benchmark on
+# 4. with ACCEL3B=1 instead of 3: one SFT and one GRPO step of the 3B preset against transformers on the same
+#    card, with MFU (benchmarks/accelerator_3b.py; issue 23's device benchmark);
+# 5. with SAMPLER=1 instead of 3 (its table has its H200 figures from session 13): the sampler benchmark on
 #    the GPU, ours against transformers' `generate` on CUDA, tiny and 50M presets at batch 1, 8 and 32.
 #    HF_CACHE=static (default dynamic, as in session 13's table) gives transformers a static cache, with
 #    which `generate` compiles its forward with torch.compile on CUDA: the fastest reference it offers.
@@ -48,7 +50,13 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/generate/test_sampler.p
 rc=${PIPESTATUS[0]}; worst=$((rc > worst ? rc : worst))
 echo "parity tests: exit $rc" | tee -a "$OUT/parity_tests.txt"
 
-if [ "${SAMPLER:-0}" = 1 ]; then
+if [ "${ACCEL3B:-0}" = 1 ]; then
+  # issue 23: one SFT and one GRPO step of the 3B preset (bfloat16, random weights) against transformers on
+  # the same card, with MFU; each side in its own process
+  timeout 380 "$PY" benchmarks/accelerator_3b.py --steps 3 2>&1 | tee "$OUT/accelerator_3b.txt"
+  rc=${PIPESTATUS[0]}; worst=$((rc > worst ? rc : worst))
+  echo "3B benchmark: exit $rc" | tee -a "$OUT/accelerator_3b.txt"
+elif [ "${SAMPLER:-0}" = 1 ]; then
   timeout 330 "$PY" benchmarks/sampler_throughput.py --reps 3 --hf-cache "${HF_CACHE:-dynamic}" 2>&1 | tee "$OUT/sampler_throughput.txt"
   rc=${PIPESTATUS[0]}; worst=$((rc > worst ? rc : worst))
   echo "sampler benchmark: exit $rc" | tee -a "$OUT/sampler_throughput.txt"
