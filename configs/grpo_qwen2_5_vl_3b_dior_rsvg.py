@@ -39,6 +39,7 @@ def get_config():
     c.coherence = ml_collections.ConfigDict(dict(enabled=False, kind="target_pairwise_iou", min_weight=0.5))
     c.eval_images = 500
     c.mesh = None  # one device; on 8 accelerators e.g. dict(fsdp=-1): policy, reference and prompts split (docs/sharding.md)
+    c.checkpoint_dir = ""  # under the workdir; on a TPU pod gs://BUCKET/RUN (tpu/)
     c.log_every = 1
     c.checkpoint_every = 50
     c.keep_checkpoints = 3

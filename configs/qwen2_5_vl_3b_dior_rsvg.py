@@ -27,6 +27,7 @@ def get_config():
     c.answer_style = "cot"
     c.length_bucket = 1280
     c.mesh = None  # one device; on 8 accelerators e.g. dict(fsdp=-1) (docs/sharding.md)
+    c.checkpoint_dir = ""  # under the workdir; on a TPU pod gs://BUCKET/RUN (every host writes its shards; tpu/)
     c.eval_images = 500
     c.max_new_tokens = 384
 

@@ -179,6 +179,9 @@ EXPERIMENT_FIELDS: dict[str, Field] = {
                   "most one -1 (the devices left)", lambda v: _mesh_ok(v), resumable=True),
     **_INTERVALS,
 }
+EXPERIMENT_FIELDS["checkpoint_dir"] = _str("'' (each stage's checkpoints under the workdir), or a folder or URL "
+                                           "(gs://bucket/run) that holds them, one subfolder per stage",
+                                           resumable=True)
 MESH_FIELD = EXPERIMENT_FIELDS["mesh"]
 
 def _mesh_ok(sizes) -> bool:
@@ -388,6 +391,7 @@ GRPO_FIELDS: dict[str, Field] = {
     "coherence": Field((ml_collections.ConfigDict,), "a dict: enabled, kind, min_weight"),
     "eval_images": _int(*_NON_NEGATIVE, required=True, resumable=True),
     "mesh": MESH_FIELD,
+    "checkpoint_dir": EXPERIMENT_FIELDS["checkpoint_dir"],
     **_INTERVALS,
 }
 GRPO_RESUMABLE_KEYS = {k for k, f in GRPO_FIELDS.items() if f.resumable}

@@ -31,8 +31,8 @@ from ..errors import CheckpointError
 from ..eval.evaluate import evaluate
 from ..fileio import atomic_write_json
 from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
-from ..train.experiment import (DTYPES, check_output, checkpointed_steps, stage_data, stage_intervals,
-                                tokenizer_from)
+from ..train.experiment import (DTYPES, check_output, checkpointed_steps, stage_checkpoints, stage_data,
+                                stage_intervals, tokenizer_from)
 from ..train.loop import CheckpointMismatchError, LoopConfig
 from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
@@ -139,13 +139,13 @@ class GRPOStage:
         ts = time.time()
         res = train_grpo(ctx.model, ref, ctx.train, ctx.tok, ctx.proc, ctx.template, self, ctx.workdir,
                          resume=ctx.resume, progress=ctx.progress, run_info={"reference": f"stage {self.name} start"},
-                         mesh=ctx.mesh)
+                         mesh=ctx.mesh, checkpoint_dir=stage_checkpoints(ctx.cfg, self.name))
         return {"stage": self.name, "task": "grpo", "steps": self.steps, "seconds": round(time.time() - ts, 1),
                 "last": res.history[-1] if res.history else None, "preempted": res.preempted}
 
 
 def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workdir: str, *, resume: bool,
-               progress: bool, run_info: dict, planned=None, mesh=None):
+               progress: bool, run_info: dict, planned=None, mesh=None, checkpoint_dir: str | None = None):
     """GRPO of `model` (updated in place) on `records` under `workdir`; returns the loop's result. `planned` is a
     pipeline already built from the records (the command plans it before taking the workdir); `mesh` as
     `run_grpo` takes it."""
@@ -162,7 +162,7 @@ def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workd
     tables = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables()
     loop = LoopConfig(total_steps=stage.steps, accum_steps=stage.accum_steps, progress=progress,
                       log_every=stage.log_every, checkpoint_every=stage.checkpoint_every,
-                      keep_checkpoints=stage.keep_checkpoints)
+                      keep_checkpoints=stage.keep_checkpoints, checkpoint_dir=checkpoint_dir)
     return run_grpo(model, ref, pl, make_optimizer(opt), step_cfg, tables, loop, workdir, seed=stage.seed,
                     resume=resume, schedule=schedule(opt), run_info=run_info, mesh=mesh)
 
@@ -207,7 +207,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     init = _model_folder(cfg.init, "init")
     ref_dir = _model_folder(cfg.reference, "reference") if cfg.get("reference") else init
     def steps_left() -> str:
-        done = checkpointed_steps(os.path.join(cfg.workdir, STAGE))
+        done = checkpointed_steps(os.path.join(cfg.workdir, STAGE), stage_checkpoints(cfg, STAGE))
         return f"step {done} of {cfg.steps}" if done < cfg.steps else ""
 
     export_done = check_output(cfg.output, cfg.workdir, resume, steps_left)
@@ -232,6 +232,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     t0 = time.time()
     res = train_grpo(model, ref, train, tok, proc, template, stage, os.path.join(cfg.workdir, STAGE),
                      resume=resume, progress=progress, planned=pl, mesh=mesh,
+                     checkpoint_dir=stage_checkpoints(cfg, STAGE),
                      run_info={"init": os.path.abspath(init), "reference": os.path.abspath(ref_dir)})
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "seconds": round(time.time() - t0, 1),

@@ -59,7 +59,7 @@ from ..models.model_dir import BASE_MODEL_DIR, RECIPE, save_model_dir
 from ..models.qwen2_5_vl import CheckpointError, ConfigError, tiny
 from ..stopping import stop_requests
 from ..workdir import claim
-from .loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError, run_sft
+from .loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError, checkpoint_location, run_sft
 from .optim import OptimConfig, make_optimizer, schedule
 from .vision_pretrain import VisionPretrainConfig, pretrain_vision, scenes_from_records
 
@@ -129,15 +129,24 @@ def stage_data(cfg, stage, index: int):
     so far for the resumed run and raises `Stopped`."""
     if "synth" in stage and stage.synth is not None:
         root = os.path.join(cfg.workdir, f"data_{stage.name}")
-        if not os.path.isdir(os.path.join(root, "Annotations")) and jax.process_index() == 0:
-            seed = int(stage.get("data_seed", cfg.seed + index))
-            with stop_requests() as stop:
-                generate_dataset(root, stage.num_images, seed=seed, config=synth_config(stage.synth.to_dict()),
-                                 stop=stop)
-        if jax.process_count() > 1:  # process 0 writes the set into the shared workdir; the others wait for it
+
+        def generate():
+            if not os.path.isdir(os.path.join(root, "Annotations")):
+                seed = int(stage.get("data_seed", cfg.seed + index))
+                with stop_requests() as stop:
+                    generate_dataset(root, stage.num_images, seed=seed, config=synth_config(stage.synth.to_dict()),
+                                     stop=stop)
+
+        if jax.process_count() == 1:
+            generate()
+        else:  # process 0 first; hosts that do not share its disk (a pod's workers) then write the same set
             from jax.experimental import multihost_utils
 
+            if jax.process_index() == 0:
+                generate()
             multihost_utils.sync_global_devices(f"data_{stage.name}")
+            generate()
+            multihost_utils.sync_global_devices(f"data_{stage.name}_everywhere")
         fmt = "dior_rsvg"
     else:
         root, fmt = stage.data_root, stage.get("data_format", "auto")
@@ -290,7 +299,8 @@ class SFTStage:
         res = run_sft(ctx.model, pl, make_optimizer(opt),
                       LoopConfig(total_steps=self.steps, accum_steps=self.accum_steps, progress=ctx.progress,
                                  log_every=self.log_every, checkpoint_every=self.checkpoint_every,
-                                 keep_checkpoints=self.keep_checkpoints),
+                                 keep_checkpoints=self.keep_checkpoints,
+                                 checkpoint_dir=stage_checkpoints(ctx.cfg, self.name)),
                       ctx.workdir, resume=ctx.resume, freeze_vision=opt.freeze_vision, schedule=schedule(opt),
                       mesh=ctx.mesh)
         return {"stage": self.name, "steps": self.steps, "seconds": round(time.time() - ts, 1),
@@ -424,10 +434,18 @@ def check_output(output: str, workdir: str, resume: bool, steps_left) -> bool:
     return False
 
 
-def checkpointed_steps(folder) -> int:
-    """The latest checkpoint's step in a loop's folder (`<folder>/checkpoints`), 0 when there is none."""
-    ckpts = Path(folder) / "checkpoints"
+def checkpointed_steps(folder, checkpoint_dir: str | None = None) -> int:
+    """The latest checkpoint's step of a loop run in `folder` (its checkpoints in `<folder>/checkpoints`, or
+    `checkpoint_dir`), 0 when there is none."""
+    ckpts = checkpoint_location(str(folder), checkpoint_dir)
     return max((int(c.name) for c in ckpts.iterdir() if c.name.isdigit()), default=0) if ckpts.is_dir() else 0
+
+
+def stage_checkpoints(cfg, stage_name: str) -> str | None:
+    """A stage's checkpoint folder when the config's `checkpoint_dir` puts them apart from the workdir (e.g. on
+    gs:// for a pod), else None (`<workdir>/<stage>/checkpoints`)."""
+    root = cfg.get("checkpoint_dir") or ""
+    return f"{root.rstrip('/')}/{stage_name}" if root else None
 
 
 def _steps_left(cfg) -> str:
@@ -436,7 +454,7 @@ def _steps_left(cfg) -> str:
     for st in cfg.stages:
         if st.get("task", "sft") == "vision":  # its finished tower file, not a step count, says it is done
             continue
-        done = checkpointed_steps(Path(cfg.workdir) / st.name)
+        done = checkpointed_steps(Path(cfg.workdir) / st.name, stage_checkpoints(cfg, st.name))
         if done < st.steps:
             left.append(f"{st.name}: step {done} of {st.steps}")
     return ", ".join(left)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from ..distributed import all_agree, allgather_json, is_multiprocess
@@ -63,6 +64,7 @@ class LoopConfig:
     max_skips_in_row: int = 5
     async_checkpoints: bool = True
     progress: bool = True
+    checkpoint_dir: str | None = None  # None: <workdir>/checkpoints; a folder or a gs:// URL (Orbax writes it)
 
     def __post_init__(self):
         for name in ("total_steps", "accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -129,11 +131,20 @@ def _rows_up_to(path: str, step: int) -> list[str]:
     return kept
 
 
+def checkpoint_location(workdir: str, checkpoint_dir: str | None = None) -> epath.Path:
+    """Where a loop's checkpoints live: `checkpoint_dir` (a local folder, or a URL such as gs://bucket/run/stage
+    that Orbax reads and writes directly: every host of a pod writes its shards there), else
+    `<workdir>/checkpoints`."""
+    if checkpoint_dir:
+        return epath.Path(checkpoint_dir if "://" in checkpoint_dir else os.path.abspath(checkpoint_dir))
+    return epath.Path(os.path.abspath(os.path.join(workdir, "checkpoints")))
+
+
 def checkpoint_manager(workdir: str, cfg: LoopConfig) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep_checkpoints, save_interval_steps=cfg.checkpoint_every,
         enable_async_checkpointing=cfg.async_checkpoints, create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+    return ocp.CheckpointManager(checkpoint_location(workdir, cfg.checkpoint_dir), options=options)
 
 
 class PipelineData:
@@ -380,6 +391,8 @@ class DiskSpaceError(UserError, OSError):
 def _check_space(mngr, state: TrainState, step: int) -> None:
     """Stop before a checkpoint that cannot fit: Orbax writes in background threads, and a disk that fills up
     under them gives hundreds of lines of their errors and a checkpoint that is lost anyway."""
+    if "://" in str(mngr.directory):  # object storage: no disk to fill
+        return
     need = sum(x.nbytes for x in jax.tree.leaves(state)) + 4 * 2**20  # the arrays, uncompressed, and metadata
     free = shutil.disk_usage(mngr.directory).free
     if free < need:

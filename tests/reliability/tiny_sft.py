@@ -23,6 +23,7 @@ def get_config():
     c.answer_style = "box"
     c.length_bucket = 96
     c.mesh = None  # one device; `mesh={'fsdp': 2, 'tensor': 2}` splits it (tests/sharding)
+    c.checkpoint_dir = ""  # under the workdir; tests/sharding puts them elsewhere
     c.eval_images = 0
     c.log_every = 1
     c.checkpoint_every = 3

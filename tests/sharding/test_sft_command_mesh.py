@@ -55,13 +55,17 @@ def test_sft_over_a_mesh_and_over_two_processes_equals_one_device(tmp_path):
     ref = _losses(tmp_path / "one")
     assert sorted(ref) == [1, 2, 3, 4], ref
 
-    # 2 steps with fsdp x tensor = 2 x 2, then resumed to 4 with the batch split 4 ways over data
+    # 2 steps with fsdp x tensor = 2 x 2, then resumed to 4 with the batch split 4 ways over data; the
+    # checkpoints kept apart from the workdir (`checkpoint_dir`, as a pod keeps them on gs://)
+    ckpt = tmp_path / "ckpt"
     split = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'mesh'}", "stages.0.steps=2",
-                     "mesh={'fsdp': 2, 'tensor': 2}", cwd=tmp_path, env=FOUR_DEVICES)
+                     "mesh={'fsdp': 2, 'tensor': 2}", f"checkpoint_dir={ckpt}", cwd=tmp_path, env=FOUR_DEVICES)
     assert split.returncode == 0, split.stderr[-3000:]
+    assert (ckpt / "s" / "2").is_dir() and not (tmp_path / "mesh" / "s" / "checkpoints").exists()
     resumed = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'mesh'}", "stages.0.steps=4", "--resume",
-                       "mesh={'data': 4}", cwd=tmp_path, env=FOUR_DEVICES)
+                       "mesh={'data': 4}", f"checkpoint_dir={ckpt}", cwd=tmp_path, env=FOUR_DEVICES)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (ckpt / "s" / "4").is_dir()
     got = _losses(tmp_path / "mesh")
     assert sorted(got) == [1, 2, 3, 4], got
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [ref[s] for s in range(1, 5)], rtol=2e-5)
