@@ -82,8 +82,8 @@ def _repeat_rows(x: jax.Array, g: int, axis: int) -> jax.Array:
     return x if g == 1 else jnp.repeat(x, g, axis=axis)
 
 
-def _by_rows(x: jax.Array, batch_axis: int, rows: tuple[Mesh, str] | None) -> jax.Array:
-    """Constrain x's `batch_axis` to the mesh's data axis (every other axis whole on each device)."""
+def by_rows(x: jax.Array, batch_axis: int, rows: tuple[Mesh, str | tuple[str, ...]] | None) -> jax.Array:
+    """Constrain x's `batch_axis` to the mesh axes `rows` names (every other axis whole on each device)."""
     if rows is None:
         return x
     mesh, axis = rows
@@ -96,15 +96,15 @@ def _cache_by_rows(cache: KVCache, rows) -> KVCache:
     if rows is None:
         return cache
     if cache.is_per_layer:  # [b, ...] per layer
-        k = tuple(_by_rows(x, 0, rows) for x in cache.k)
-        v = tuple(_by_rows(x, 0, rows) for x in cache.v)
+        k = tuple(by_rows(x, 0, rows) for x in cache.k)
+        v = tuple(by_rows(x, 0, rows) for x in cache.v)
     else:  # [layers, b, ...]
-        k, v = _by_rows(cache.k, 1, rows), _by_rows(cache.v, 1, rows)
-    return KVCache(k, v, _by_rows(cache.valid, 0, rows))
+        k, v = by_rows(cache.k, 1, rows), by_rows(cache.v, 1, rows)
+    return KVCache(k, v, by_rows(cache.valid, 0, rows))
 
 
 def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfig,
-                rows: tuple[Mesh, str] | None = None, num_generations: int = 1):
+                rows: tuple[Mesh, str | tuple[str, ...]] | None = None, num_generations: int = 1):
     """Pure generation function (jit it with `cfg`, `rows` and `num_generations` static).
 
     Each of the b prompts is prefilled once; with `num_generations` G > 1 its KV cache and last logits are
@@ -112,8 +112,8 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
     independently: the image and prompt are encoded once per prompt, not G times.
     Returns tokens [b * G, max_new], lengths [b * G] and logprobs [b * G, max_new] (each sampled token's
     log-probability under the distribution it was drawn from, see `_pick`; 0 past a row's length).
-    `state`: the model's parameters (e.g. a train state's, used as they are). `rows`: (mesh, data axis) to
-    split the batch over, or None for one device.
+    `state`: the model's parameters (e.g. a train state's, used as they are). `rows`: (mesh, the mesh axis or
+    axes the batch is split over), or None for one device: the cache, tokens and logits stay split so.
     """
     model: Qwen25VL = nnx.merge(graphdef, state)
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
@@ -128,15 +128,15 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
     start_pos = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [prompts]
     if g > 1:  # one prefill per prompt, its cache shared by the prompt's G completions
         cache = KVCache(_repeat_rows(cache.k, g, 1), _repeat_rows(cache.v, g, 1), _repeat_rows(cache.valid, g, 0))
-        logits, start_pos = _repeat_rows(logits, g, 0), _repeat_rows(start_pos, g, 0)
+        logits, start_pos = by_rows(_repeat_rows(logits, g, 0), 0, rows), _repeat_rows(start_pos, g, 0)
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     layers = model.text.layer_params(model.dtype)  # sliced (and cast) once here, not once per token in the loop
     cache = _cache_by_rows(cache.per_layer(), rows)  # likewise: each layer's own buffer, updated in place
 
     key, sub = jax.random.split(key)
     first, first_lp = _pick(logits[:, -1], cfg, sub)
-    tokens = _by_rows(jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first), 0, rows)
-    logprobs = _by_rows(jnp.zeros((b, cfg.max_new_tokens), jnp.float32).at[:, 0].set(first_lp), 0, rows)
+    tokens = by_rows(jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first), 0, rows)
+    logprobs = by_rows(jnp.zeros((b, cfg.max_new_tokens), jnp.float32).at[:, 0].set(first_lp), 0, rows)
     done = jnp.isin(first, eos)
     lengths = jnp.ones((b,), jnp.int32)
 
@@ -153,8 +153,8 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
         key, sub = jax.random.split(key)
         picked, lp = _pick(step_logits[:, -1], cfg, sub)
         nxt = jnp.where(done, cfg.pad_id, picked)
-        tokens = _by_rows(tokens.at[:, i].set(nxt), 0, rows)
-        logprobs = _by_rows(logprobs.at[:, i].set(jnp.where(done, 0.0, lp)), 0, rows)
+        tokens = by_rows(tokens.at[:, i].set(nxt), 0, rows)
+        logprobs = by_rows(logprobs.at[:, i].set(jnp.where(done, 0.0, lp)), 0, rows)
         cache = _cache_by_rows(cache, rows)
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(nxt, eos)

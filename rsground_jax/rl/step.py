@@ -29,8 +29,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..eval.metrics import box_area
-from ..generate.sampler import SamplingConfig, generate_fn
+from ..generate.sampler import SamplingConfig, by_rows, generate_fn
 from ..models.qwen2_5_vl.text import KVCache
+from ..sharding import RULES
 from ..train.step import RLTrainState, make_update
 from .grpo import GRPOConfig, group_advantages, grpo_loss_terms, select_groups
 from .rewards import coherence_weights, reward_terms, weighted_reward
@@ -62,7 +63,8 @@ class GRPOStepConfig:
                               top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id)
 
 
-def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations: int, temperature: float):
+def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations: int, temperature: float,
+                        rows=None):
     """Teacher-forced log-probabilities [P * G, T] of completions `tokens` [P * G, T] (row p * G + g follows
     prompt p) under `model`, at the sampling temperature (without top-k/top-p: the policy's own distribution).
 
@@ -70,7 +72,8 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
     and values to a cache, as the sampler's prefill does; the cache is repeated to the G rows and the
     completions run against it. Causal attention makes this exact (a prompt token never sees a completion),
     and the prompt's share of the compute, forward and backward, falls G-fold: with a 900-token image prompt
-    and 256-token completions that is most of the step.
+    and 256-token completions that is most of the step. `rows`: (mesh, mesh axes) the rows are split over, so
+    the repeated cache and the [P * G, T, vocab] logits stay split (`generate_fn`'s argument of that name).
     """
     g = num_generations
     ids, mask, pos = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
@@ -81,16 +84,17 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
                                  logits_slice=slice(-1, None))  # [P, 1, V]: the first completion token's
     logits = jnp.repeat(first, g, axis=0)
     if t > 1:  # the completions' own tokens predict the rest
-        logits = jnp.concatenate([logits, _completion_logits(model, cache, mask, pos, tokens, g, lp)], axis=1)
-    logits = logits / temperature
+        logits = jnp.concatenate([logits, _completion_logits(model, cache, mask, pos, tokens, g, lp, rows)], axis=1)
+    logits = by_rows(logits, 0, rows) / temperature
     picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def _completion_logits(model, cache, mask, pos, tokens, g: int, lp: int):
+def _completion_logits(model, cache, mask, pos, tokens, g: int, lp: int, rows=None):
     """Logits [P * G, T - 1] at completion positions 0 .. T - 2 against the prompt's cache repeated G times."""
     p, t = mask.shape[0], tokens.shape[1]
-    cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1), jnp.repeat(cache.valid, g, axis=0))
+    cache = KVCache(by_rows(jnp.repeat(cache.k, g, axis=1), 1, rows), by_rows(jnp.repeat(cache.v, g, axis=1), 1, rows),
+                    by_rows(jnp.repeat(cache.valid, g, axis=0), 0, rows))
     start = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [P]
     comp_pos = jnp.repeat(jnp.broadcast_to((start[:, None] + jnp.arange(t)[None])[None], (3, p, t)), g, axis=1)
     x = model.text.embed(tokens[:, :-1], model.dtype)
@@ -116,8 +120,14 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
     options = {k: dict(v) for k, v in cfg.reward_options}
     metric_weights = {**weights, **({"iou": 0.0} if "iou" not in weights else {})}  # IoU is always reported
 
+    rows = None
+    if shardings is not None:  # the rollout rows stay split over the batch's mesh axes inside the program
+        mesh = jax.tree.leaves(shardings[0])[0].mesh
+        axes = tuple(a for a in RULES["batch"] if mesh.shape[a] > 1)
+        rows = (mesh, axes) if axes else None
+
     def loss_fn(model, mb):
-        logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature)
+        logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature, rows)
         old = mb["old_logp"] if g_cfg.num_iterations > 1 else jax.lax.stop_gradient(logp)
         return grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg, rows=mb["rows"])
 
@@ -132,9 +142,10 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
 
         def rollout(args):
             prompt, k = args
-            return generate_fn(graphdef, state.params, prompt, k, sampling, None, G)
+            return generate_fn(graphdef, state.params, prompt, k, sampling, rows, G)
 
         tokens, lengths, sample_logp = jax.lax.map(rollout, (prompts, keys))  # [A, P * G, T], [A, P * G]
+        tokens, lengths, sample_logp = (by_rows(x, 1, rows) for x in (tokens, lengths, sample_logp))
         T = tokens.shape[-1]
 
         gt = jnp.repeat(batch["gt_box_resized"], G, axis=1).reshape(-1, 4)
@@ -167,7 +178,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
         if g_cfg.num_iterations > 1 or g_cfg.beta > 0:
             def forward(params, args):
                 prompt, toks = args
-                return completion_logprobs(nnx.merge(graphdef, params), prompt, toks, G, g_cfg.temperature)
+                return completion_logprobs(nnx.merge(graphdef, params), prompt, toks, G, g_cfg.temperature, rows)
             if g_cfg.num_iterations > 1:
                 micro["old_logp"] = jax.lax.map(lambda a: forward(state.params, a), (prompts, tokens))
             if g_cfg.beta > 0:
