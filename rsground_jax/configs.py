@@ -182,6 +182,8 @@ EXPERIMENT_FIELDS: dict[str, Field] = {
 EXPERIMENT_FIELDS["checkpoint_dir"] = _str("'' (each stage's checkpoints under the workdir), or a folder or URL "
                                            "(gs://bucket/run) that holds them, one subfolder per stage",
                                            resumable=True)
+# the same math by another kernel (`TextDecoder.attention`), so a resumed run may switch (e.g. onto a GPU)
+EXPERIMENT_FIELDS["attention"] = _choice("xla", "dot_product_attention", resumable=True)
 MESH_FIELD = EXPERIMENT_FIELDS["mesh"]
 
 def _mesh_ok(sizes) -> bool:
@@ -392,6 +394,7 @@ GRPO_FIELDS: dict[str, Field] = {
     "eval_images": _int(*_NON_NEGATIVE, required=True, resumable=True),
     "mesh": MESH_FIELD,
     "checkpoint_dir": EXPERIMENT_FIELDS["checkpoint_dir"],
+    "attention": EXPERIMENT_FIELDS["attention"],
     **_INTERVALS,
 }
 GRPO_RESUMABLE_KEYS = {k for k, f in GRPO_FIELDS.items() if f.resumable}

@@ -216,6 +216,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     template, proc, _ = prompt_from_spec(spec)
     tok = tokenizer_from(cfg.get("tokenizer") or init)
     model = load_model(init, compute_dtype=DTYPES[cfg.get("compute_dtype", "float32")], remat=cfg.get("remat", "none"))
+    model.text.attention = cfg.get("attention", "xla")
     ref = None
     if g.beta > 0:
         ref = reference_params(model, ref_dir) if ref_dir != init else jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))

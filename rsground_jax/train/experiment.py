@@ -359,6 +359,7 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
             raise
         raise ExperimentConfigError(f"{source}: tiny_options {tiny_options.to_dict() if tiny_options else {}}: {e}") \
             from None
+    model.text.attention = cfg.get("attention", "xla")
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
     stages = [stage_kind(st.get("task", "sft")).from_config(st, cfg, i) for i, st in enumerate(cfg.stages)]

@@ -193,3 +193,40 @@ def test_scanned_and_unrolled_decoder_agree_with_transformers(models, rng, monke
     assert len(flat_u) == len(flat_s) and any(float(jnp.abs(g).max()) > 0 for g in flat_u)
     for a, b in zip(flat_u, flat_s):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["dot_product_attention", "remat_full", "remat_dots"])
+def test_attention_kernel_and_remat_paths_match(models, rng, variant):
+    """The other paths a config can pick compute the same thing: the decoder's attention through
+    `jax.nn.dot_product_attention` (its XLA version on the CPU) matches transformers' logits on a padded
+    batch, and its gradients, like those of each rematerialization policy, equal the default path's."""
+    hf, ours, path = models
+    if hf.config.tie_word_embeddings:
+        pytest.skip("the untied model covers these paths")
+    other = load_pretrained(path, remat=variant.removeprefix("remat_") if variant.startswith("remat") else "none")
+    if variant == "dot_product_attention":
+        other.text.attention = variant
+    batch = make_batch(rng, [[_non_square(rng)], []], pad_side="right")
+    mask = batch["attention_mask"]
+    assert mask.min() == 0, "the batch must contain padding"
+    if variant == "dot_product_attention":
+        got = np.asarray(other(batch["input_ids"], mask, batch["pixel_values"], batch["image_grid_thw"]))
+        assert _max_diff(got, hf_logits(hf, batch), mask) <= TOL
+    prep = prepare_inputs(ours.config, batch["input_ids"], mask, batch["image_grid_thw"])
+    args = (jnp.asarray(prep["input_ids"]), jnp.asarray(mask), jnp.asarray(prep["position_ids"]),
+            jnp.asarray(batch["pixel_values"]), jax.tree.map(jnp.asarray, prep["vision"]))
+    weights = jnp.asarray(rng.normal(size=(*mask.shape, 1)), jnp.float32) * jnp.asarray(mask)[..., None]
+
+    def grads(model):
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        def loss(p):  # a random linear function of every real position's logits
+            logits, _ = nnx.merge(graphdef, p).forward(*args)
+            return jnp.sum(logits * weights)
+
+        return jax.jit(jax.grad(loss))(params)
+
+    ref, got = grads(ours), grads(other)
+    for (path_, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):
+        scale = float(jnp.max(jnp.abs(a))) + 1e-6
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale, (variant, jax.tree_util.keystr(path_))

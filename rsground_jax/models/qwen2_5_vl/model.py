@@ -33,15 +33,16 @@ class Qwen25VL(nnx.Module):
       param_dtype: storage dtype of the parameters (float32 master weights for training).
       dtype: compute dtype (float32 or bfloat16); parameters are cast to it at use.
       remat: activation checkpointing of each scanned layer: 'none', 'full' or 'dots'.
+      attention: the decoder's self-attention without a cache: 'xla' or 'dot_product_attention' (`TextDecoder`).
     """
 
     def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None = None, param_dtype=jnp.float32,
-                 dtype=jnp.float32, remat: str = "none"):
+                 dtype=jnp.float32, remat: str = "none", attention: str = "xla"):
         self.config = config
         self.dtype = dtype
         self.vision = VisionTower(config.vision, rngs=rngs, param_dtype=param_dtype, remat=remat)
         self.text = TextDecoder(config.text, tie_word_embeddings=config.tie_word_embeddings, rngs=rngs,
-                                param_dtype=param_dtype, remat=remat)
+                                param_dtype=param_dtype, remat=remat, attention=attention)
 
     # ------------------------------------------------------------------------------------------- pieces
 

@@ -81,12 +81,21 @@ def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig) -> tuple[jax.Array, 
     return jnp.cos(emb), jnp.sin(emb)
 
 
+ATTENTION = ("xla", "dot_product_attention")
+
+
 class TextDecoder(nnx.Module):
     def __init__(self, cfg: TextConfig, *, tie_word_embeddings: bool, rngs: nnx.Rngs | None,
-                 param_dtype=jnp.float32, remat: str = "none"):
+                 param_dtype=jnp.float32, remat: str = "none", attention: str = "xla"):
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         self.cfg = cfg
         self.tie_word_embeddings = tie_word_embeddings
         self.remat = remat
+        # how self-attention without a cache (training, teacher forcing) runs: "xla", our grouped einsums, or
+        # "dot_product_attention", `jax.nn.dot_product_attention` (JAX picks a fused kernel where the device
+        # has one, e.g. cuDNN on GPUs, and its XLA version elsewhere); decoding against a cache is always ours
+        self.attention = attention
         L, D, N, K, H, F, V = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
                                cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
         p = lambda shape, axes, init="normal": param(rngs, shape, axes, param_dtype, init)  # noqa: E731
@@ -205,9 +214,12 @@ class TextDecoder(nnx.Module):
                     k = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dt)
                     v = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dt)
                 kv = (ck, cv)
-            qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
-            o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, layout)
-            o = o.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
+            if layout == "bskh" and self.attention == "dot_product_attention":
+                o = jax.nn.dot_product_attention(q, k, v, mask=mask[:, :, 0], scale=cfg.head_dim**-0.5)
+            else:
+                qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
+                o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, layout)
+                o = o.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
             h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
             m = rms_norm(h, lp["mlp_norm"], cfg.rms_norm_eps)
             if "gate_up_dx" in lp:
