@@ -128,9 +128,9 @@ class GRPOStage:
                    accum_steps=int(st.get("accum_steps", 1)), seed=int(st.get("seed", cfg.seed + index)), **intervals)
 
     @property
-    def mesh_rows(self) -> int:
-        """The rows of a micro-batch that a mesh splits over data x fsdp: its prompts."""
-        return prompts_per_micro_batch(self)
+    def mesh_rows(self) -> tuple[int, str]:
+        """The rows of a micro-batch that a mesh splits over data x fsdp (its prompts), and what they are."""
+        return prompts_per_micro_batch(self), "prompts per micro-batch (batch_size / grpo.num_generations)"
 
     def run(self, ctx) -> dict:
         """Run inside an experiment (`train.experiment.StageRun`): the report row."""

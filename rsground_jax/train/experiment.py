@@ -280,9 +280,9 @@ class SFTStage:
                    leadin_fraction=float(st.get("leadin_fraction", 0.0)), **intervals)
 
     @property
-    def mesh_rows(self) -> int:
-        """The rows of a micro-batch that a mesh splits over data x fsdp."""
-        return self.batch_size
+    def mesh_rows(self) -> tuple[int, str]:
+        """The rows of a micro-batch that a mesh splits over data x fsdp, and what the config calls them."""
+        return self.batch_size, "batch_size"
 
     def run(self, ctx: StageRun) -> dict:
         st = next(x for x in ctx.cfg.stages if x.name == self.name)
@@ -378,7 +378,8 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
         if multi:
             check_process_layout(mesh)
         for st in stages:
-            check_batch_splits(st.mesh_rows, mesh, f"{source}: stage {st.name}'s rows per micro-batch")
+            rows, what = st.mesh_rows
+            check_batch_splits(rows, mesh, f"{source}: stage {st.name}'s {what}")
     lock.commit()  # the checks passed: the workdir is this run's
     t0 = time.time()
     report = {"config": plain_config(cfg), "workdir": os.path.abspath(cfg.workdir),

@@ -283,6 +283,7 @@ def refused(tmp_path_factory, world):
     assert snapshot(world) == world_before, "a case changed the shared inputs"
 
 
+@pytest.mark.slow  # the cases' module fixture runs every command once: about 2.5 minutes
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(name, refused):
     before, result, after = refused[name]
