@@ -253,7 +253,8 @@ def plan(req: PlanRequest) -> dict:
     tokens = batch * (req.seq + req.generations * req.new_tokens)
     out.update(generations=req.generations, new_tokens=req.new_tokens, flops_by_phase=phases,
                flops_per_step=sum(phases.values()), tokens_per_step=tokens, compute_seconds=compute_s,
-               decode_seconds=decode_s, step_seconds=compute_s + decode_s, tokens_per_second=tokens / (compute_s + decode_s))
+               decode_seconds=decode_s, step_seconds=compute_s + decode_s,
+               tokens_per_second=tokens / (compute_s + decode_s))
     return out
 
 

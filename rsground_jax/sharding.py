@@ -198,7 +198,8 @@ def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES, *, micro: bool = Tr
     """Shardings for a step batch (`BATCH_AXES`: the batch dimension split over data x fsdp; images grouped per
     device split over their group axis; anything else whole), stacked on a leading micro-batch axis when
     `micro`; nested dicts (a GRPO micro-batch's prompt) alike. `processes` > 1: `batch` is one process's rows
-    of a global batch that many times larger (`global_batch` builds it). Raises a MeshError naming the array when its batch does not divide over the mesh."""
+    of a global batch that many times larger (`global_batch` builds it). Raises a MeshError naming the array
+    when its batch does not divide over the mesh."""
     lead = ("micro",) if micro else ()
     grouped = np.ndim(batch.get("pixel_values")) == len(lead) + 3
 
@@ -214,8 +215,8 @@ def batch_shardings(batch: Mapping, mesh: Mesh, rules=RULES, *, micro: bool = Tr
         if isinstance(value, Mapping) and key != "vision":
             out[key] = batch_shardings(value, mesh, rules, micro=micro, processes=processes)
         elif grouped and key in ("pixel_values", "vision"):
-            out[key] = jax.tree.map(lambda v, key=key: split(key, v, (*lead, "batch") + (None,) * (np.ndim(v) - len(lead) - 1)),
-                                    value)
+            out[key] = jax.tree.map(
+                lambda v, key=key: split(key, v, (*lead, "batch") + (None,) * (np.ndim(v) - len(lead) - 1)), value)
         elif BATCH_AXES.get(key) is None or isinstance(value, Mapping):
             out[key] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), value)
         else:

@@ -229,7 +229,8 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
 
     `mesh` (a (data, fsdp, tensor) `jax.sharding.Mesh`, or None for one device): the state is placed by the
     sharding rules (`rsground_jax.sharding`), each batch split over data x fsdp with its images packed per
-    device (each device runs the vision tower over its own rows' images), and the step runs over the mesh; checkpoints hold whole arrays, so a run may resume on another mesh."""
+    device (each device runs the vision tower over its own rows' images), and the step runs over the mesh;
+    checkpoints hold whole arrays, so a run may resume on another mesh."""
     graphdef, params = nnx.split(model, nnx.Param)
     data = PipelineData(pipeline)
     state = TrainState.create(params, tx)
@@ -252,7 +253,8 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
             layout = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
             if layout not in steps:
                 b_sh = batch_shardings(batch, mesh, processes=processes)
-                steps[layout] = make_sft_step(graphdef, tx, freeze_vision=freeze_vision, shardings=(state_sh, b_sh)), b_sh
+                fn = make_sft_step(graphdef, tx, freeze_vision=freeze_vision, shardings=(state_sh, b_sh))
+                steps[layout] = fn, b_sh
             fn, b_sh = steps[layout]
             return fn(state, global_batch(batch, b_sh) if processes > 1 else batch)
 
