@@ -23,16 +23,15 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from ..configs import ConfigError, check_grpo_config, grpo_config_differences, grpo_settings, plain_config
+from ..configs import check_grpo_config, grpo_config_differences, grpo_settings, plain_config
 from ..data.chat import prompt_from_spec, prompt_spec
 from ..data.pipeline import PipelineConfig, rl_pipeline
 from ..data.tokenizer import special_token_ids
 from ..errors import CheckpointError
 from ..eval.evaluate import evaluate
-from ..fileio import atomic_write_json
 from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
-from ..train.experiment import (DTYPES, check_output, checkpointed_steps, stage_checkpoints, stage_data,
-                                stage_intervals, tokenizer_from)
+from ..train.experiment import (DTYPES, check_output, checkpointed_steps, config_mesh, export_model,
+                                stage_checkpoints, stage_data, stage_intervals, tokenizer_from)
 from ..train.loop import CheckpointMismatchError, LoopConfig
 from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
@@ -183,21 +182,12 @@ def prompts_per_micro_batch(stage: GRPOStage) -> int:
 
 def _mesh(cfg, stage: GRPOStage):
     """The config's mesh (None: one device), checked against the devices, the hosts and the prompts."""
-    multi = jax.process_count() > 1
-    if multi and cfg.get("mesh") is None:
-        raise ConfigError("a multi-process run needs a mesh over every host's devices, e.g. mesh.data=-1")
-    if multi and cfg.eval_images:
-        raise ConfigError("eval_images must be 0 in a multi-process run (evaluation is not split over hosts yet; "
-                          "run `rsground eval` on the exported model)")
-    if cfg.get("mesh") is None:
-        return None
-    from ..sharding import check_batch_splits, check_process_layout, make_mesh
+    mesh = config_mesh(cfg)
+    if mesh is not None:
+        from ..sharding import check_batch_splits
 
-    mesh = make_mesh(cfg.mesh.to_dict())
-    if multi:
-        check_process_layout(mesh)
-    check_batch_splits(prompts_per_micro_batch(stage), mesh, "prompts per micro-batch (batch_size / "
-                       "grpo.num_generations, times the dynamic-sampling oversampling)")
+        rows, what = stage.mesh_rows
+        check_batch_splits(rows, mesh, what)
     return mesh
 
 
@@ -246,13 +236,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
                       max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
         report["val"] = ev.metrics
     print(json.dumps({k: report[k] for k in ("steps", "seconds", "last", "val") if k in report}), flush=True)
-    if jax.process_count() > 1:  # parameters split over hosts come whole to every host; process 0 writes
-        from ..distributed import gather_to_host
-
-        nnx.update(model, gather_to_host(nnx.state(model, nnx.Param)))
-    leader = jax.process_index() == 0
-    if leader:
-        atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
+    leader = export_model(model, report, cfg.workdir)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
     elif cfg.output and leader:

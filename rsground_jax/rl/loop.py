@@ -12,8 +12,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ..sharding import batch_groups, batch_shardings, global_batch, param_shardings, place, state_shardings
-from ..train.loop import LoopConfig, LoopResult, PipelineData, micro_batches, run_loop
+from ..sharding import batch_groups, param_shardings, place, state_shardings
+from ..train.loop import LoopConfig, LoopResult, PipelineData, mesh_step, micro_batches, run_loop
 from ..train.step import RLTrainState
 from .step import PROMPT_KEYS, GRPOStepConfig, make_grpo_step
 
@@ -48,15 +48,7 @@ def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step
         ref_sh = None if ref_params is None else param_shardings(ref_params, mesh)
         ref_params = None if ref_params is None else place(ref_params, ref_sh)
         tables = place(tables, jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tables))
-        steps, processes = {}, jax.process_count()
-
-        def step(state, ref_params, tables, batch):  # one program per batch layout, as in `run_sft`
-            layout = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
-            if layout not in steps:
-                b_sh = batch_shardings(batch, mesh, processes=processes)
-                steps[layout] = make_grpo_step(graphdef, tx, step_cfg, shardings=(state_sh, ref_sh, b_sh)), b_sh
-            fn, b_sh = steps[layout]
-            return fn(state, ref_params, tables, global_batch(batch, b_sh) if processes > 1 else batch)
+        step = mesh_step(lambda b_sh: make_grpo_step(graphdef, tx, step_cfg, shardings=(state_sh, ref_sh, b_sh)), mesh)
     return run_loop(state, lambda s, batch: step(s, ref_params, tables, batch), next_inputs, data, cfg, workdir,
                     resume=resume, name="grpo", schedule=schedule, on_log=on_log,
                     on_exit=lambda s: nnx.update(model, s.params), run_info=run_info, shown=("reward", "rollout_iou"))

@@ -363,20 +363,10 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
     proc = ImageProcessor(max_pixels=cfg.max_pixels)
     template = template_from(cfg)
     stages = [stage_kind(st.get("task", "sft")).from_config(st, cfg, i) for i, st in enumerate(cfg.stages)]
-    mesh = None
-    multi = jax.process_count() > 1
-    if multi and cfg.get("mesh") is None:
-        raise ExperimentConfigError(f"{source}: a multi-process run needs a mesh over every host's devices, e.g. "
-                                    "mesh.data=-1")
-    if multi and cfg.eval_images:
-        raise ExperimentConfigError(f"{source}: eval_images must be 0 in a multi-process run (evaluation is not "
-                                    "split over hosts yet; run `rsground eval` on the exported model)")
-    if cfg.get("mesh") is not None:
-        from ..sharding import check_batch_splits, check_process_layout, make_mesh
+    mesh = config_mesh(cfg, source)
+    if mesh is not None:
+        from ..sharding import check_batch_splits
 
-        mesh = make_mesh(cfg.mesh.to_dict())  # MeshError: sizes that do not fit this machine's devices
-        if multi:
-            check_process_layout(mesh)
         for st in stages:
             rows, what = st.mesh_rows
             check_batch_splits(rows, mesh, f"{source}: stage {st.name}'s {what}")
@@ -399,13 +389,7 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
             report["preempted"] = True
             return report
     report["wall_seconds"] = round(time.time() - t0, 1)
-    if multi:  # parameters split over hosts come whole to every host; process 0 writes the files
-        from ..distributed import gather_to_host
-
-        nnx.update(model, gather_to_host(nnx.state(model, nnx.Param)))
-    leader = jax.process_index() == 0
-    if leader:
-        atomic_write_json(os.path.join(cfg.workdir, "report.json"), report, indent=2, default=str)
+    leader = export_model(model, report, cfg.workdir)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
     elif cfg.output and leader:
@@ -413,6 +397,39 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
                        prompt_spec=prompt_spec(template, cfg.max_pixels, cfg.answer_style))
     report["model"] = model
     return report
+
+
+def config_mesh(cfg, source: str = "config"):
+    """The config's `mesh` over this job's devices (None: one device), with what a multi-process run needs: a
+    mesh, each host holding whole batch shards, and no evaluation during training (not split over hosts yet)."""
+    multi = jax.process_count() > 1
+    if multi and cfg.get("mesh") is None:
+        raise ExperimentConfigError(f"{source}: a multi-process run needs a mesh over every host's devices, e.g. "
+                                    "mesh.data=-1")
+    if multi and cfg.eval_images:
+        raise ExperimentConfigError(f"{source}: eval_images must be 0 in a multi-process run (evaluation is not "
+                                    "split over hosts yet; run `rsground eval` on the exported model)")
+    if cfg.get("mesh") is None:
+        return None
+    from ..sharding import check_process_layout, make_mesh
+
+    mesh = make_mesh(cfg.mesh.to_dict())  # MeshError: sizes that do not fit this job's devices
+    if multi:
+        check_process_layout(mesh)
+    return mesh
+
+
+def export_model(model, report: dict, workdir: str) -> bool:
+    """Before the report and the export: a model split over hosts comes whole to every host. True on the
+    process that writes the files (process 0), which writes the report here."""
+    if jax.process_count() > 1:
+        from ..distributed import gather_to_host
+
+        nnx.update(model, gather_to_host(nnx.state(model, nnx.Param)))
+    if jax.process_index() != 0:
+        return False
+    atomic_write_json(os.path.join(workdir, "report.json"), report, indent=2, default=str)
+    return True
 
 
 def check_output(output: str, workdir: str, resume: bool, steps_left) -> bool:

@@ -243,23 +243,35 @@ def run_sft(model, pipeline, tx: optax.GradientTransformation, cfg: LoopConfig, 
     if mesh is None:
         step = make_sft_step(graphdef, tx, freeze_vision=freeze_vision)
     else:
-        from ..sharding import batch_shardings, global_batch, place, state_shardings
+        from ..sharding import place, state_shardings
 
         state_sh = state_shardings(state, mesh)
         state = place(state, state_sh)
-        steps, processes = {}, jax.process_count()
-
-        def step(state, batch):  # one jitted program per batch layout (the keys and ranks; buckets share it)
-            layout = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
-            if layout not in steps:
-                b_sh = batch_shardings(batch, mesh, processes=processes)
-                fn = make_sft_step(graphdef, tx, freeze_vision=freeze_vision, shardings=(state_sh, b_sh))
-                steps[layout] = fn, b_sh
-            fn, b_sh = steps[layout]
-            return fn(state, global_batch(batch, b_sh) if processes > 1 else batch)
+        step = mesh_step(lambda b_sh: make_sft_step(graphdef, tx, freeze_vision=freeze_vision,
+                                                    shardings=(state_sh, b_sh)), mesh)
 
     return run_loop(state, step, next_inputs, data, cfg, workdir, resume=resume, name="sft", schedule=schedule,
                     on_log=on_log, on_exit=lambda state: nnx.update(model, state.params))
+
+
+def mesh_step(build: Callable, mesh) -> Callable:
+    """A step over `mesh` for batches of any layout: `build(batch_shardings)` jits it once per layout (the keys
+    and ranks; length buckets of one layout share the program) and, with several processes, each process's
+    rows become the step's global batch. The batch is the step's last argument."""
+    from ..sharding import batch_shardings, global_batch
+
+    steps, processes = {}, jax.process_count()
+
+    def step(*args):
+        *rest, batch = args
+        layout = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
+        if layout not in steps:
+            b_sh = batch_shardings(batch, mesh, processes=processes)
+            steps[layout] = build(b_sh), b_sh
+        fn, b_sh = steps[layout]
+        return fn(*rest, global_batch(batch, b_sh) if processes > 1 else batch)
+
+    return step
 
 
 def _restore(mngr, state, data, resume, workdir, with_run_info: bool):
