@@ -86,7 +86,8 @@ def test_grpo_loss_equals_numpy(rng, kl, agg, eps_high, beta):
     np.testing.assert_allclose(float(loss), want, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(float(metrics["clip_fraction"]), want_clip, rtol=1e-6)
     if beta > 0:
-        np.testing.assert_allclose(float(metrics["kl"]), want_kl, rtol=2e-5)
+        # k1's per-token terms are signed and cancel too (one draw in 300 gave a KL of 2.4e-4, off by 6e-9)
+        np.testing.assert_allclose(float(metrics["kl"]), want_kl, rtol=2e-5, atol=1e-6)
     else:
         assert "kl" not in metrics
 
