@@ -162,8 +162,8 @@ key = jax.random.key(seed)
 sampled = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20)
 free, _ = one(batch, sampled, key)
 eos = int(free[1, 2])  # row 1 (on the first device) stops at its third token, the others run on
-for cfg in (SamplingConfig(max_new_tokens=10), sampled,
-            SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, eos_ids=(eos,), pad_id=299)):
+# (greedy tokens over meshes: tests/sharding/test_grpo_sharded.py)
+for cfg in (sampled, SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, eos_ids=(eos,), pad_id=299)):
     a, b = one(batch, cfg, key), two(batch, cfg, key)
     np.testing.assert_array_equal(a[0], b[0], err_msg=str(cfg))
     np.testing.assert_array_equal(a[1], b[1], err_msg=str(cfg))
@@ -193,8 +193,8 @@ print("ok")
 
 
 def test_batch_split_over_devices_matches_one_device(rng):
-    """With a 2-device mesh each device generates half the rows: greedy, sampled (the same key) and with a
-    row that stops early, the tokens and lengths equal the one-device run's; a batch that does not split
+    """With a 2-device mesh each device generates half the rows: sampled (the same key), also with a row that
+    stops early, the tokens and lengths equal the one-device run's; a batch that does not split
     and a mesh without the data axis are refused."""
     import os
     import subprocess
