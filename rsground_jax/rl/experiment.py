@@ -30,7 +30,7 @@ from ..data.tokenizer import special_token_ids
 from ..errors import CheckpointError
 from ..eval.evaluate import evaluate
 from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
-from ..train.experiment import (DTYPES, check_output, checkpointed_steps, config_mesh, export_model,
+from ..train.experiment import (DTYPES, check_output, checkpointed_steps, config_mesh, gather_and_report,
                                 stage_checkpoints, stage_data, stage_intervals, tokenizer_from)
 from ..train.loop import CheckpointMismatchError, LoopConfig
 from ..train.optim import OptimConfig, make_optimizer, schedule
@@ -236,7 +236,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
                       max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
         report["val"] = ev.metrics
     print(json.dumps({k: report[k] for k in ("steps", "seconds", "last", "val") if k in report}), flush=True)
-    leader = export_model(model, report, cfg.workdir)
+    leader = gather_and_report(model, report, cfg.workdir)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
     elif cfg.output and leader:

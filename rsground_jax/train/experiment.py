@@ -389,7 +389,7 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
             report["preempted"] = True
             return report
     report["wall_seconds"] = round(time.time() - t0, 1)
-    leader = export_model(model, report, cfg.workdir)
+    leader = gather_and_report(model, report, cfg.workdir)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
     elif cfg.output and leader:
@@ -419,9 +419,9 @@ def config_mesh(cfg, source: str = "config"):
     return mesh
 
 
-def export_model(model, report: dict, workdir: str) -> bool:
-    """Before the report and the export: a model split over hosts comes whole to every host. True on the
-    process that writes the files (process 0), which writes the report here."""
+def gather_and_report(model, report: dict, workdir: str) -> bool:
+    """Gather a model split over hosts whole onto every host, then write `<workdir>/report.json` on process 0.
+    Returns True on process 0, which also writes the export."""
     if jax.process_count() > 1:
         from ..distributed import gather_to_host
 
