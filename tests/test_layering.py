@@ -26,3 +26,13 @@ def test_data_and_host_inputs_import_no_jax():
 def test_evaluation_does_not_import_training():
     loaded = _modules_after(["rsground_jax.eval.evaluate"])
     assert not {m for m in loaded if m.startswith("rsground_jax.train")}
+
+
+def test_the_command_line_parser_imports_no_jax():
+    """A mistyped argument is refused in a tenth of a second: building the parser (every subcommand's
+    arguments and choices) loads neither JAX nor numpy."""
+    code = ("import sys, json; from rsground_jax.cli.main import build_parser; build_parser(); "
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not {m for m in loaded if m.split(".")[0] in ("jax", "flax", "numpy", "ml_collections")}

@@ -20,7 +20,6 @@ import json
 import os
 import time
 
-from ..eval.cues import CUE_COLUMNS, POSITIONAL_CUES, metrics_by_cue, shares_category
 from .main import EXIT_STOPPED, UserError, non_negative_int, positive_float, positive_int
 
 DEMO_GRPO_STEPS = 40
@@ -101,6 +100,7 @@ def _run(args, lock) -> int:
     from ..data.pipeline import PipelineConfig, sft_pipeline
     from ..data.synthetic import PRESETS, generate_dataset
     from ..data.tokenizer import load_tokenizer
+    from ..eval.cues import CUE_COLUMNS, POSITIONAL_CUES, metrics_by_cue, shares_category
     from ..eval.draw import grid
     from ..eval.evaluate import evaluate
     from ..eval.metrics import grounding_metrics

@@ -10,7 +10,7 @@ from .main import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..plan import DEVICES
+    from ..accelerators import DEVICES
 
     p = sub.add_parser(
         "plan",
