@@ -36,10 +36,13 @@ class SamplingConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     cache_dtype: str | None = None  # defaults to the model's compute dtype
+    greedy_rows: int = 0  # in each group of num_generations rows, the first this many decode greedily
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.greedy_rows < 0:
+            raise ValueError(f"greedy_rows must be >= 0, got {self.greedy_rows}")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"invalid sampling settings: temperature={self.temperature}, top_k={self.top_k}, "
                              f"top_p={self.top_p}")
@@ -61,15 +64,20 @@ def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return logits
 
 
-def _pick(logits: jax.Array, cfg: SamplingConfig, key) -> tuple[jax.Array, jax.Array]:
+def _pick(logits: jax.Array, cfg: SamplingConfig, key, greedy: jax.Array | None = None
+          ) -> tuple[jax.Array, jax.Array]:
     """(token [b], its log-probability under the distribution it was drawn from [b]): after temperature,
-    top-k and top-p, renormalized over the tokens they keep; greedy decoding reports the plain softmax's."""
+    top-k and top-p, renormalized over the tokens they keep; greedy decoding reports the plain softmax's.
+    `greedy` [b] bool: rows that take the argmax while the others sample (their log-probability is still
+    under the filtered distribution, as a sampled row's)."""
     if cfg.temperature == 0.0:
         token = argmax_first(logits)
         return token, _logprob_of(logits, token)
     # Gumbel-max, as jax.random.categorical draws (same key, same draw), with the faster argmax
     filtered = _filter_logits(logits, cfg)
     token = argmax_first(filtered + jax.random.gumbel(key, filtered.shape, filtered.dtype))
+    if greedy is not None:
+        token = jnp.where(greedy, argmax_first(filtered), token)
     return token, _logprob_of(filtered, token)
 
 
@@ -110,6 +118,7 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
     Each of the b prompts is prefilled once; with `num_generations` G > 1 its KV cache and last logits are
     then repeated to G rows (prompt p's completions are rows p * G ... p * G + G - 1), which decode
     independently: the image and prompt are encoded once per prompt, not G times.
+    With `cfg.greedy_rows` k > 0 the first k rows of each prompt's G decode greedily and the rest sample.
     Returns tokens [b * G, max_new], lengths [b * G] and logprobs [b * G, max_new] (each sampled token's
     log-probability under the distribution it was drawn from, see `_pick`; 0 past a row's length).
     `state`: the model's parameters (e.g. a train state's, used as they are). `rows`: (mesh, the mesh axis or
@@ -133,8 +142,9 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
     layers = model.text.layer_params(model.dtype)  # sliced (and cast) once here, not once per token in the loop
     cache = _cache_by_rows(cache.per_layer(), rows)  # likewise: each layer's own buffer, updated in place
 
+    greedy = (jnp.arange(b) % g) < cfg.greedy_rows if cfg.greedy_rows else None
     key, sub = jax.random.split(key)
-    first, first_lp = _pick(logits[:, -1], cfg, sub)
+    first, first_lp = _pick(logits[:, -1], cfg, sub, greedy)
     tokens = by_rows(jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(first), 0, rows)
     logprobs = by_rows(jnp.zeros((b, cfg.max_new_tokens), jnp.float32).at[:, 0].set(first_lp), 0, rows)
     done = jnp.isin(first, eos)
@@ -151,7 +161,7 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
         step_logits, cache = model.forward(prev, jnp.ones((b, 1), jnp.int32), p, cache=cache,
                                            cache_index=prompt_len + i - 1, layers=layers)
         key, sub = jax.random.split(key)
-        picked, lp = _pick(step_logits[:, -1], cfg, sub)
+        picked, lp = _pick(step_logits[:, -1], cfg, sub, greedy)
         nxt = jnp.where(done, cfg.pad_id, picked)
         tokens = by_rows(tokens.at[:, i].set(nxt), 0, rows)
         logprobs = by_rows(logprobs.at[:, i].set(jnp.where(done, 0.0, lp)), 0, rows)

@@ -70,8 +70,14 @@ def grpo_config(cfg, seed: int, variant: dict, root: str) -> ml_collections.Conf
     g.workdir = os.path.join(root, f"seed{seed}", variant["name"])
     g.output = os.path.join(g.workdir, "model")
     g.data = ml_collections.ConfigDict(dict(synth=None, data_root=os.path.join(root, "data"), prompts=0))
-    for key, value in variant.get("set", {}).items():
-        g[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    for key, value in variant.get("set", {}).items():  # "grpo.temperature": one key inside a dict setting
+        *parents, leaf = key.split(".")
+        node = g
+        for name in parents:
+            if not isinstance(node.get(name), ml_collections.ConfigDict):
+                raise ConfigError(f"variant {variant['name']}: set key {key!r}: {name!r} is not a dict setting of grpo")
+            node = node[name]
+        node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     return g
 
 

@@ -34,6 +34,7 @@ class GRPOConfig:
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal, fill the batch from further prompts
     dynamic_sampling_oversample: int = 2  # with dynamic_sampling: prompts drawn per prompt the update keeps
     mask_truncated_completions: bool = False  # completions without an end token get no loss
+    greedy_rollouts: int = 0  # of each group's G completions, this many decoded greedily (the policy's mode)
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -54,6 +55,9 @@ class GRPOConfig:
         need(self.temperature > 0, f"temperature={self.temperature!r}: must be > 0 for sampled rollouts")
         need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
              f"max_new_tokens={self.max_new_tokens!r}: must be a positive integer")
+        need(isinstance(self.greedy_rollouts, int) and 0 <= self.greedy_rollouts < self.num_generations,
+             f"greedy_rollouts={self.greedy_rollouts!r}: must be an integer in [0, num_generations) (at least one "
+             f"completion a group is sampled)")
         need(isinstance(self.dynamic_sampling_oversample, int) and self.dynamic_sampling_oversample >= 2,
              f"dynamic_sampling_oversample={self.dynamic_sampling_oversample!r}: must be an integer >= 2 (the "
              f"prompts drawn per prompt kept, so that dropped groups can be refilled)")

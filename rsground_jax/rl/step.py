@@ -60,7 +60,7 @@ class GRPOStepConfig:
     def sampling(self) -> SamplingConfig:
         g = self.grpo
         return SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                              top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id)
+                              top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id, greedy_rows=g.greedy_rollouts)
 
 
 def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations: int, temperature: float,

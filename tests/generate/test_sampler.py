@@ -192,6 +192,24 @@ print("ok")
 """
 
 
+def test_greedy_rows_take_the_mode_and_leave_the_other_rows_as_sampled(rng):
+    """`greedy_rows` = 1 (GRPO's `greedy_rollouts`): each prompt's first completion is the greedy decode, its
+    other G - 1 rows are exactly what the same key samples without it."""
+    model = Qwen25VL(CFG, rngs=nnx.Rngs(int(rng.integers(2**31))))
+    batch, _ = _prompts(rng, CFG, n=2)
+    G, sampler = 3, Sampler(model)
+    key = jax.random.key(int(rng.integers(2**31)))
+    sampled = SamplingConfig(max_new_tokens=6, temperature=1.0)
+    free = sampler.sample(batch, sampled, key, num_generations=G)[0]
+    mixed = sampler.sample(batch, SamplingConfig(max_new_tokens=6, temperature=1.0, greedy_rows=1), key,
+                           num_generations=G)[0]
+    greedy = sampler.sample(batch, SamplingConfig(max_new_tokens=6), key)[0]
+    np.testing.assert_array_equal(mixed[0::G], greedy)
+    for g in range(1, G):
+        np.testing.assert_array_equal(mixed[g::G], free[g::G])
+    assert not np.array_equal(free[0::G], greedy)  # at temperature 1 the first rows would have differed
+
+
 def test_batch_split_over_devices_matches_one_device(rng):
     """With a 2-device mesh each device generates half the rows: sampled (the same key), also with a row that
     stops early, the tokens and lengths equal the one-device run's; a batch that does not split

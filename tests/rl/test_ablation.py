@@ -107,3 +107,21 @@ def test_a_rerun_may_add_variants_but_not_change_one_that_ran():
     changed = ablation_differences(saved, {"grpo": {"lr": 1e-4}, "variants": [dict(a, set={"rewards": {"giou": 1.0}})]})
     assert len(changed) == 1 and changed[0].startswith("variants.a")
     assert ablation_differences(saved, {"grpo": {"lr": 3e-4}, "variants": [a]})[0].startswith("grpo.lr")
+
+
+def test_a_variant_may_set_one_key_inside_a_dict_setting():
+    import pytest
+
+    from rsground_jax.configs import ConfigError, load_config
+    from rsground_jax.rl.ablation import check_ablation_config, grpo_config
+
+    cfg = load_config(str(REPO / "configs" / "ablation_demo.py"))
+    v = dict(name="greedy", label="G", rung=False, set={"grpo.greedy_rollouts": 1, "grpo.temperature": 0.9})
+    g = grpo_config(cfg, 0, v, "/tmp/abl")
+    assert g.grpo.greedy_rollouts == 1 and g.grpo.temperature == 0.9
+    assert g.grpo.num_generations == cfg.grpo.grpo.num_generations and "greedy_rollouts" not in cfg.grpo.grpo
+    with pytest.raises(ConfigError, match="'steps' is not a dict"):
+        grpo_config(cfg, 0, dict(v, set={"steps.x": 1}), "/tmp/abl")
+    cfg.variants = [dict(v, set={"grpo.greedy_rollouts": 8})]  # not below num_generations = 8
+    with pytest.raises(ConfigError, match="greedy_rollouts"):
+        check_ablation_config(cfg)
