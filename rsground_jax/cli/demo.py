@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -102,9 +101,9 @@ def _run(args, lock) -> int:
     from ..data.tokenizer import load_tokenizer
     from ..eval.cues import CUE_COLUMNS, POSITIONAL_CUES, metrics_by_cue, shares_category
     from ..eval.draw import grid
-    from ..eval.evaluate import evaluate
+    from ..eval.evaluate import evaluate, write_predictions
     from ..eval.metrics import grounding_metrics
-    from ..fileio import atomic_path, atomic_write_json
+    from ..fileio import atomic_write_json
     from ..models import ImageProcessor
     from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve
     from ..stopping import stop_requests
@@ -202,9 +201,7 @@ def _run(args, lock) -> int:
                       {"results": results, "by_cue": by_cue, "constant_box_normalized": const.tolist(),
                        "grpo": grpo_info, "seconds": time.time() - t0}, indent=2)
     for name, ev in (("cot", ev_cot), *((("grpo", final),) if final_name == "grpo" else ())):
-        with atomic_path(os.path.join(args.workdir, f"{name}_predictions.jsonl")) as tmp, open(tmp, "w") as f:
-            for row in ev.predictions:
-                f.write(json.dumps(row) + "\n")
+        write_predictions(os.path.join(args.workdir, f"{name}_predictions.jsonl"), ev.predictions)
         grid(ev.predictions[:16], os.path.join(args.workdir, f"{name}_predictions.png"))
     print(f"\nTest expressions whose target shares its category with another object (n={len(test)}):")
     print(f"{'':22s} {'Pr@0.5':>8s} {'meanIoU':>8s}")

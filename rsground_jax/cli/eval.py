@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from .main import UserError, positive_int
@@ -103,7 +102,7 @@ def load_model_and_prompt(args, checked: tuple[str, dict]):
 
 def run(args) -> int:
     from ..data import FORMATS, load_split
-    from ..fileio import atomic_path, atomic_write_json, check_writable_dir
+    from ..fileio import atomic_write_json, check_writable_dir
 
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: dataset folder does not exist")
@@ -117,7 +116,7 @@ def run(args) -> int:
         raise UserError(f"{args.data}: split {args.split!r} has no expressions to evaluate")
 
     from ..eval.draw import grid
-    from ..eval.evaluate import evaluate
+    from ..eval.evaluate import evaluate, write_predictions
     from ..eval.metrics import grounding_metrics
     model, tok, template, proc, style = load_model_and_prompt(args, checked)
     max_new = args.max_new_tokens or (24 if style == "box" else 320)
@@ -131,9 +130,7 @@ def run(args) -> int:
                                         [r["image_hw"] for r in rows])
     # Each file is written whole or not at all: a full disk leaves no empty or cut-off results.
     os.makedirs(args.out, exist_ok=True)
-    with atomic_path(os.path.join(args.out, "predictions.jsonl")) as tmp, open(tmp, "w") as f:
-        for row in result.predictions:
-            f.write(json.dumps(row) + "\n")
+    write_predictions(os.path.join(args.out, "predictions.jsonl"), result.predictions)
     grid(result.predictions[:16], os.path.join(args.out, "predictions.png"))
     atomic_write_json(os.path.join(args.out, "metrics.json"), {"overall": result.metrics, "per_category": by_cat},
                       indent=2)

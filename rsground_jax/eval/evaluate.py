@@ -10,6 +10,7 @@ before the RSVG metrics; a text with no box counts as IoU 0 and as unparsable.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -53,7 +54,7 @@ def evaluate(model, records, tokenizer, processor, *, template: ChatTemplate = C
     sampler = sampler or Sampler(model)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=(specials.im_end,), pad_id=specials.pad)
     vcfg = model.config.vision
-    preds, gts, hws, rows = [], [], [], []
+    rows = []
     for batch in pl:
         nw, fs = static_vision_sizes(pl.plan.grid_thw, vcfg, batch_size, batch["pixel_values"].shape[0])
         batch = add_vision_inputs(batch, vcfg, num_windows=nw, frame_slots=fs)
@@ -63,15 +64,52 @@ def evaluate(model, records, tokenizer, processor, *, template: ChatTemplate = C
             text = tokenizer.decode(tokens[b, : lengths[b]], skip_special_tokens=True)
             resized = parse_prediction(text)
             original = None if resized is None else box_frames.resized_to_original(resized, r.height, r.width, processor)
-            preds.append(original)
-            gts.append(r.box)
-            hws.append((r.height, r.width))
             rows.append({"image": str(r.image_path), "expression": r.expression, "category": r.category,
                          "text": text, "pred_box_resized": resized, "pred_box": original, "gt_box": list(r.box),
                          "image_hw": [r.height, r.width]})
-    metrics = grounding_metrics(preds, np.asarray(gts), np.asarray(hws))
+    return score_predictions(rows)
+
+
+def score_predictions(rows: list[dict]) -> EvalResult:
+    """The metrics of prediction rows (`pred_box` None for an unparsable answer, `gt_box`, `image_hw`), each row
+    given its IoU."""
+    hws = np.asarray([r["image_hw"] for r in rows])
+    gts = np.asarray([r["gt_box"] for r in rows], np.float64)
+    preds = [r["pred_box"] for r in rows]
+    metrics = grounding_metrics(preds, gts, hws)
     pred_arr = np.array([[np.nan] * 4 if p is None else p for p in preds], np.float64)
-    iou, _, _ = box_iou(clip_boxes(pred_arr, np.asarray(hws)), np.asarray(gts, np.float64))
+    iou, _, _ = box_iou(clip_boxes(pred_arr, hws), gts)
     for row, v in zip(rows, iou):
         row["iou"] = float(v)
     return EvalResult(metrics=metrics, predictions=rows)
+
+
+def write_predictions(path, rows: list[dict]) -> None:
+    """Prediction rows as JSON lines, the file written whole or not at all."""
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def evaluate_over_hosts(model, records, tokenizer, processor, **options) -> EvalResult:
+    """`evaluate` in a job of several processes (a pod's hosts), called by every process with the same records:
+    host i decodes the i-th of equal consecutive blocks of the records with a whole copy of the model on its
+    first device (the parameters gathered from wherever the mesh keeps them), and every host returns the metrics
+    of all the records, with the predictions of host 0's block first. One process: `evaluate` itself.
+
+    The copy must fit one device (a 7B model in bfloat16 does on an H100 or a TPU v5p); where it does not, run
+    `rsground eval` on the exported model instead."""
+    import jax
+
+    if jax.process_count() == 1:
+        return evaluate(model, records, tokenizer, processor, **options)
+    from flax import nnx
+
+    from ..distributed import allgather_json, gather_to_host
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    whole = jax.device_put(gather_to_host(params), jax.local_devices()[0])
+    n, i = jax.process_count(), jax.process_index()
+    block = records[len(records) * i // n: len(records) * (i + 1) // n]
+    rows = evaluate(nnx.merge(graphdef, whole, rest), block, tokenizer, processor, **options).predictions if block else []
+    return score_predictions([row for part in allgather_json(rows) for row in part])

@@ -28,7 +28,7 @@ from ..data.chat import prompt_from_spec, prompt_spec
 from ..data.pipeline import PipelineConfig, rl_pipeline
 from ..data.tokenizer import special_token_ids
 from ..errors import CheckpointError
-from ..eval.evaluate import evaluate
+from ..eval.evaluate import evaluate_over_hosts, write_predictions
 from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
 from ..train.experiment import (DTYPES, check_output, checkpointed_steps, config_mesh, gather_and_report,
                                 stage_checkpoints, stage_data, stage_intervals, tokenizer_from)
@@ -232,9 +232,11 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     if res.preempted:
         return report
     if cfg.eval_images:
-        ev = evaluate(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
-                      max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
+        ev = evaluate_over_hosts(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
+                                 max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
         report["val"] = ev.metrics
+        if jax.process_index() == 0:
+            write_predictions(os.path.join(cfg.workdir, STAGE, "val_predictions.jsonl"), ev.predictions)
     print(json.dumps({k: report[k] for k in ("steps", "seconds", "last", "val") if k in report}), flush=True)
     leader = gather_and_report(model, report, cfg.workdir)
     if export_done:

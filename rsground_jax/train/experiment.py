@@ -52,7 +52,7 @@ from ..data.chat import ChatTemplate, box_question_variants, prompt_spec
 from ..data.pipeline import PipelineConfig, sft_pipeline
 from ..data.synthetic import generate_dataset
 from ..data.tokenizer import load_small_tokenizer, load_tokenizer, special_token_ids
-from ..eval.evaluate import evaluate
+from ..eval.evaluate import evaluate_over_hosts, write_predictions
 from ..fileio import atomic_write_json, check_destination
 from ..models import ImageProcessor, Qwen25VL, load_pretrained
 from ..models.model_dir import BASE_MODEL_DIR, RECIPE, save_model_dir
@@ -379,9 +379,11 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
         row = stage.run(StageRun(cfg, model, tok, proc, template, train, val, os.path.join(cfg.workdir, stage.name),
                                  resume, progress, mesh))
         if cfg.eval_images and getattr(stage, "validates", True) and not row.get("preempted"):
-            ev = evaluate(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
-                          max_new_tokens=cfg.get("max_new_tokens", 24), length_buckets=(cfg.length_bucket,))
+            ev = evaluate_over_hosts(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
+                                     max_new_tokens=cfg.get("max_new_tokens", 24), length_buckets=(cfg.length_bucket,))
             row["val"] = ev.metrics
+            if jax.process_index() == 0:
+                write_predictions(os.path.join(cfg.workdir, stage.name, "val_predictions.jsonl"), ev.predictions)
         report["stages"].append(row)
         log.info("stage %s: %s", stage.name, json.dumps(row, default=str))
         print(json.dumps(row, default=str), flush=True)
@@ -401,14 +403,11 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
 
 def config_mesh(cfg, source: str = "config"):
     """The config's `mesh` over this job's devices (None: one device), with what a multi-process run needs: a
-    mesh, each host holding whole batch shards, and no evaluation during training (not split over hosts yet)."""
+    mesh, and each host holding whole batch shards."""
     multi = jax.process_count() > 1
     if multi and cfg.get("mesh") is None:
         raise ExperimentConfigError(f"{source}: a multi-process run needs a mesh over every host's devices, e.g. "
                                     "mesh.data=-1")
-    if multi and cfg.eval_images:
-        raise ExperimentConfigError(f"{source}: eval_images must be 0 in a multi-process run (evaluation is not "
-                                    "split over hosts yet; run `rsground eval` on the exported model)")
     if cfg.get("mesh") is None:
         return None
     from ..sharding import check_process_layout, make_mesh

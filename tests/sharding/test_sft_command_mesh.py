@@ -1,7 +1,7 @@
 """`rsground sft` over a mesh and over two processes (`jax.distributed`, gloo CPU collectives, 2 fake CPU
 devices each), through the installed command: the losses equal the one-device run's, the run resumes on both
 processes over another mesh with its checkpoints kept apart (`checkpoint_dir`), the export equals the
-one-device run's, and meshes or batches that do not fit are refused (`rsground grpo`: test_grpo_multihost.py)."""
+one-device run's, the validation split over the two processes scores what one device scores, and meshes or batches that do not fit are refused (`rsground grpo`: test_grpo_multihost.py)."""
 
 import json
 import os
@@ -51,7 +51,7 @@ def _two_processes(tmp_path, *args, command=("sft", "--config", TINY_SFT), timeo
 @pytest.mark.slow
 def test_sft_over_two_processes_equals_one_device_and_resumes_on_another_mesh(tmp_path):
     one = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'one'}", f"output={tmp_path / 'one_model'}",
-                   "stages.0.steps=4", cwd=tmp_path)
+                   "stages.0.steps=4", "eval_images=7", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     ref = _losses(tmp_path / "one")
     assert sorted(ref) == [1, 2, 3, 4], ref
@@ -67,8 +67,10 @@ def test_sft_over_two_processes_equals_one_device_and_resumes_on_another_mesh(tm
     # the checkpoint holds both processes' data positions (each reads its own block of every batch)
     saved = json.loads((ckpt / "s" / "2" / "data" / "metadata").read_text())
     assert len(saved["processes"]) == 2 and saved["processes"][0] != saved["processes"][1]
+    # the resumed run evaluates too: each process decodes its block of the 7 validation records (3 and 4)
     codes, logs = _two_processes(tmp_path, f"workdir={tmp_path / 'two'}", f"output={tmp_path / 'two_model'}",
-                                 "stages.0.steps=4", "mesh={'data': 4}", f"checkpoint_dir={ckpt}", "--resume")
+                                 "stages.0.steps=4", "mesh={'data': 4}", f"checkpoint_dir={ckpt}", "eval_images=7",
+                                 "--resume")
     assert codes == [0, 0], "\n\n".join(x[-3000:] for x in logs)
     assert (ckpt / "s" / "4").is_dir()
     got = _losses(tmp_path / "two")
@@ -82,6 +84,18 @@ def test_sft_over_two_processes_equals_one_device_and_resumes_on_another_mesh(tm
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=4e-5, err_msg=k)
+    # the validation metrics gathered from both processes' blocks are the one-device run's over all 7 records
+    val_one = json.loads((tmp_path / "one" / "report.json").read_text())["stages"][0]["val"]
+    val_two = json.loads((tmp_path / "two" / "report.json").read_text())["stages"][0]["val"]
+    assert val_two["num_samples"] == val_one["num_samples"] == 7
+    assert val_two == pytest.approx(val_one, abs=1e-6)
+    # every record decoded once, by one of the processes, to the text the one-device model gives (greedy decoding
+    # of weights equal to 4e-5 could flip a near tie of the random tiny model's logits: one record may differ)
+    pred_one, pred_two = ({(os.path.basename(r["image"]), r["expression"]): r["text"]
+                           for r in map(json.loads, open(d / "s" / "val_predictions.jsonl"))}
+                          for d in (tmp_path / "one", tmp_path / "two"))
+    assert len(pred_one) == 7 and pred_two.keys() == pred_one.keys()
+    assert sum(pred_two[k] == pred_one[k] for k in pred_one) >= 6
 
     refused = rsground("sft", "--config", TINY_SFT, f"workdir={tmp_path / 'bad'}", "mesh={'data': 3}", cwd=tmp_path,
                        env=FOUR_DEVICES)
