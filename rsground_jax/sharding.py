@@ -51,6 +51,11 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "vision_merge": None,
 }
 
+# The layout of the weights a decode loop reads for every token (`decode_placement`): gathered over fsdp once a
+# generation (the training layout would gather each layer again for every decoded token), split over tensor as
+# for training.
+DECODE_RULES: dict[str, tuple[str, ...] | None] = {**RULES, "embed": None, "vision_embed": None}
+
 # The logical axes of a step's batch arrays, without the leading micro-batch axis that `stack_micro_batches`
 # adds (`batch_shardings(..., micro=True)` puts it in front). Images grouped per device
 # (`inputs.group_vision_inputs`: pixel values [groups, P_g, patch_dim] and index arrays [groups, ...]) are split
@@ -131,7 +136,7 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
     for i, (name, size) in enumerate(zip(axes, shape)):
         if name is not None and name not in rules:
             raise KeyError(f"logical axis {name!r} has no sharding rule (sharding.RULES)")
-        targets = [a for a in (rules[name] or ()) if mesh.shape[a] > 1 and a not in used] if name else []
+        targets = [a for a in (rules[name] or ()) if mesh.shape.get(a, 1) > 1 and a not in used] if name else []
         split = math.prod(mesh.shape[a] for a in targets)
         if targets and size % split:
             if report is not None:
@@ -140,6 +145,21 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
         used.update(targets)
         spec.append(None if not targets else targets[0] if len(targets) == 1 else tuple(targets))
     return PartitionSpec(*spec)
+
+
+def decode_placement(mesh: Mesh, rules=DECODE_RULES):
+    """For `TextDecoder.decode_weights`: (fuse, place). `place(array, logical_axes)` pins a prepared decode weight
+    to its `DECODE_RULES` layout on `mesh`; q/k/v and gate/up are fused only where the tensor axis is 1 (fused
+    along their output axis, tensor-split weights would move between devices)."""
+    from jax.sharding import AxisType
+
+    if any(t != AxisType.Auto for t in getattr(mesh, "axis_types", ())):  # constraints inside jit need Auto axes
+        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+    def place(x, axes):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape, mesh, rules)))
+
+    return mesh.shape.get("tensor", 1) == 1, place
 
 
 def _is_param(x) -> bool:

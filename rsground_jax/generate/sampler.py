@@ -10,6 +10,10 @@ copy of the weights (what rollouts over a `data` axis do; the weights' own shard
 step). The prompt rows, the KV cache and the token buffer carry the batch sharding through the loop, so
 no device ever holds another's cache, and the per-sequence stop is decided on every device together (the
 loop runs while any row anywhere is unfinished).
+
+The weights every decoded token reads are prepared once a generation (`TextDecoder.decode_weights`): sliced
+per layer, cast to the compute dtype, and on a mesh laid out by `sharding.DECODE_RULES`, gathered over fsdp
+and split over tensor; the training layout would make every decoded token gather every layer's weights again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from jax.sharding import PartitionSpec as P
 from ..models.qwen2_5_vl.layers import argmax_first
 from ..models.qwen2_5_vl.model import Qwen25VL
 from ..models.qwen2_5_vl.text import KVCache
+from ..sharding import decode_placement, logical_spec
+
+
+DECODE_SCOPE = "decode_token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,24 +98,29 @@ def _repeat_rows(x: jax.Array, g: int, axis: int) -> jax.Array:
     return x if g == 1 else jnp.repeat(x, g, axis=axis)
 
 
-def by_rows(x: jax.Array, batch_axis: int, rows: tuple[Mesh, str | tuple[str, ...]] | None) -> jax.Array:
-    """Constrain x's `batch_axis` to the mesh axes `rows` names (every other axis whole on each device)."""
+def by_rows(x: jax.Array, batch_axis: int, rows: tuple[Mesh, str | tuple[str, ...]] | None,
+            heads_axis: int | None = None) -> jax.Array:
+    """Constrain x's `batch_axis` to the mesh axes `rows` names, and its `heads_axis` (key/value heads) to the
+    mesh's tensor axis where they divide by it (`sharding.RULES["kv_heads"]`, as the weights that compute them);
+    every other axis whole on each device."""
     if rows is None:
         return x
     mesh, axis = rows
     spec = [None] * x.ndim
     spec[batch_axis] = axis
+    if heads_axis is not None:
+        spec[heads_axis] = logical_spec(("kv_heads",), (x.shape[heads_axis],), mesh)[0]
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 
 
 def _cache_by_rows(cache: KVCache, rows) -> KVCache:
     if rows is None:
         return cache
-    if cache.is_per_layer:  # [b, ...] per layer
-        k = tuple(by_rows(x, 0, rows) for x in cache.k)
-        v = tuple(by_rows(x, 0, rows) for x in cache.v)
-    else:  # [layers, b, ...]
-        k, v = by_rows(cache.k, 1, rows), by_rows(cache.v, 1, rows)
+    if cache.is_per_layer:  # [b, kv_heads, ...] per layer
+        k = tuple(by_rows(x, 0, rows, 1) for x in cache.k)
+        v = tuple(by_rows(x, 0, rows, 1) for x in cache.v)
+    else:  # [layers, b, kv_heads, ...]
+        k, v = by_rows(cache.k, 1, rows, 2), by_rows(cache.v, 1, rows, 2)
     return KVCache(k, v, by_rows(cache.valid, 0, rows))
 
 
@@ -139,7 +152,13 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
         cache = KVCache(_repeat_rows(cache.k, g, 1), _repeat_rows(cache.v, g, 1), _repeat_rows(cache.valid, g, 0))
         logits, start_pos = by_rows(_repeat_rows(logits, g, 0), 0, rows), _repeat_rows(start_pos, g, 0)
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
-    layers = model.text.layer_params(model.dtype)  # sliced (and cast) once here, not once per token in the loop
+    # the weights every decoded token reads, prepared (sliced per layer, cast, and on a mesh gathered over fsdp)
+    # once here, not once per token in the loop
+    if rows is None:
+        decode = model.text.decode_weights(model.dtype)
+    else:
+        fuse, place = decode_placement(rows[0])
+        decode = model.text.decode_weights(model.dtype, fuse=fuse, place=place)
     cache = _cache_by_rows(cache.per_layer(), rows)  # likewise: each layer's own buffer, updated in place
 
     greedy = (jnp.arange(b) % g) < cfg.greedy_rows if cfg.greedy_rows else None
@@ -154,12 +173,13 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
         i, _, _, _, done, *_ = carry
         return (i < cfg.max_new_tokens) & ~jnp.all(done)
 
+    @jax.named_scope(DECODE_SCOPE)  # what a profile or a compiled program's metadata names the per-token work
     def body(carry):
         i, tokens, logprobs, lengths, done, cache, key = carry
         prev = tokens[:, i - 1][:, None]
         p = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, b, 1)).astype(jnp.int32)
         step_logits, cache = model.forward(prev, jnp.ones((b, 1), jnp.int32), p, cache=cache,
-                                           cache_index=prompt_len + i - 1, layers=layers)
+                                           cache_index=prompt_len + i - 1, decode=decode)
         key, sub = jax.random.split(key)
         picked, lp = _pick(step_logits[:, -1], cfg, sub, greedy)
         nxt = jnp.where(done, cfg.pad_id, picked)

@@ -93,7 +93,7 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
 def _completion_logits(model, cache, mask, pos, tokens, g: int, lp: int, rows=None):
     """Logits [P * G, T - 1] at completion positions 0 .. T - 2 against the prompt's cache repeated G times."""
     p, t = mask.shape[0], tokens.shape[1]
-    cache = KVCache(by_rows(jnp.repeat(cache.k, g, axis=1), 1, rows), by_rows(jnp.repeat(cache.v, g, axis=1), 1, rows),
+    cache = KVCache(by_rows(jnp.repeat(cache.k, g, axis=1), 1, rows, 2), by_rows(jnp.repeat(cache.v, g, axis=1), 1, rows, 2),
                     by_rows(jnp.repeat(cache.valid, g, axis=0), 0, rows))
     start = jnp.max(jnp.where(mask[None].astype(bool), pos, -1), axis=(0, 2)) + 1  # [P]
     comp_pos = jnp.repeat(jnp.broadcast_to((start[:, None] + jnp.arange(t)[None])[None], (3, p, t)), g, axis=1)
@@ -124,7 +124,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
     if shardings is not None:  # the rollout rows stay split over the batch's mesh axes inside the program
         mesh = jax.tree.leaves(shardings[0])[0].mesh
         axes = tuple(a for a in RULES["batch"] if mesh.shape[a] > 1)
-        rows = (mesh, axes) if axes else None
+        rows = (mesh, axes)  # axes may be (): rows whole on every device, the decode weights still placed
 
     def loss_fn(model, mb):
         logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature, rows)

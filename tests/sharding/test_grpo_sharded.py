@@ -1,5 +1,5 @@
 """The GRPO loss and gradients and the sampler's greedy tokens over a (data, fsdp, tensor) mesh of 8 fake CPU
-devices equal the unsharded computation."""
+devices equal the unsharded computation, and a decoded token moves no weights between devices."""
 
 import pytest
 
@@ -21,7 +21,7 @@ from rsground_jax.data.chat import prompt_from_spec
 from rsground_jax.data.pipeline import PipelineConfig, rl_pipeline
 from rsground_jax.data.synthetic import PRESETS, generate_dataset
 from rsground_jax.data.tokenizer import load_tokenizer
-from rsground_jax.generate.sampler import SamplingConfig, generate_fn
+from rsground_jax.generate.sampler import DECODE_SCOPE, SamplingConfig, generate_fn
 from rsground_jax.models.model_dir import BASE_MODEL_DIR, load_model, read_prompt_spec
 from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
 from rsground_jax.rl import GRPOConfig
@@ -53,8 +53,18 @@ b = add_vision_inputs(b, vcfg, num_windows=nw, frame_slots=fs)
 prompt = {k: jax.tree.map(np.asarray, b[k]) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
 graphdef, params = nnx.split(model, nnx.Param)
 greedy = SamplingConfig(max_new_tokens=NEW)
-sample = jax.jit(lambda p, x, k, cfg, g: generate_fn(graphdef, p, x, k, cfg, None, g), static_argnums=(3, 4))
-ref_tokens, ref_lengths, _ = sample(params, prompt, jax.random.key(0), greedy, 1)
+sample = jax.jit(lambda p, x, k, cfg, g, rows: generate_fn(graphdef, p, x, k, cfg, rows, g), static_argnums=(3, 4, 5))
+ref_tokens, ref_lengths, _ = sample(params, prompt, jax.random.key(0), greedy, 1, None)
+
+
+def decode_collectives(compiled_text):  # the collectives of the per-token decode work (DECODE_SCOPE), by kind
+    import re
+    out = {}
+    for line in compiled_text.splitlines():
+        m = re.search(r"= \S+ (all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all)(?:-start)?\(", line)
+        if m and DECODE_SCOPE in line:
+            out[m.group(1)] = out.get(m.group(1), 0) + 1
+    return out
 
 # a GRPO micro-batch: G sampled completions per prompt (drawn once, on one device), advantages, a reference
 rng = np.random.default_rng(seed)
@@ -87,10 +97,14 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     worst = max(float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-3 * top))
                 for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)))
     x_sh = sharding.batch_shardings(prompt, mesh, micro=False)
-    toks, lens, _ = sample(placed, sharding.place(prompt, x_sh), jax.random.key(0), greedy, 1)
+    # the sampler as the GRPO step runs it: rows split over data x fsdp, the decode weights placed by DECODE_RULES
+    rows = (mesh, tuple(a for a in sharding.RULES["batch"] if mesh.shape[a] > 1))
+    args = (placed, sharding.place(prompt, x_sh), jax.random.key(0), greedy, 1, rows)
+    toks, lens, _ = sample(*args)
     results[str(sizes)] = dict(loss=float(loss), ref_loss=float(ref_loss), worst_rel_grad=worst,
                                same_tokens=bool(np.array_equal(np.asarray(toks), np.asarray(ref_tokens))),
-                               same_lengths=bool(np.array_equal(np.asarray(lens), np.asarray(ref_lengths))))
+                               same_lengths=bool(np.array_equal(np.asarray(lens), np.asarray(ref_lengths))),
+                               decode=decode_collectives(sample.lower(*args).compile().as_text()))
 results["distinct_greedy_rows"] = len({tuple(r) for r in np.asarray(ref_tokens).tolist()})
 print("RESULT " + json.dumps(results))
 """
@@ -108,3 +122,10 @@ def test_grpo_loss_and_greedy_rollouts_over_four_meshes_equal_one_device():
         assert abs(r["loss"] - r["ref_loss"]) <= 1e-5 * max(abs(r["ref_loss"]), 1.0), (mesh, r)
         assert r["worst_rel_grad"] <= 3e-4, (mesh, r)
         assert r["same_tokens"] and r["same_lengths"], (mesh, r)
+    # A decoded token moves no weights: they were gathered over fsdp once before the loop (the training layout
+    # would gather every layer for every token), and nothing is resharded between devices. What remains is
+    # tensor parallelism's all-reduces (attention output and MLP down projection of each of the 2 layers, the
+    # embedding lookup and the vocabulary-split sampling); without a tensor axis, nothing at all.
+    assert results["(8, 1, 1)"]["decode"] == results["(1, 8, 1)"]["decode"] == {}, results
+    for mesh in ("(2, 2, 2)", "(1, 2, 4)"):
+        assert set(results[mesh]["decode"]) == {"all-reduce"} and results[mesh]["decode"]["all-reduce"] <= 8, results

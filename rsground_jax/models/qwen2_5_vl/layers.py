@@ -120,10 +120,12 @@ def _swiglu_core(x, w_gate, w_up, w_down, b_gate, b_up):
 
 
 def _swiglu_core_fwd(x, w_gate, w_up, w_down, b_gate, b_up):
-    w_gu = jnp.concatenate([w_gate, w_up], axis=-1)  # one [in, 2 * out] matmul instead of two
-    gu = x @ w_gu + jnp.concatenate([b_gate, b_up])
-    f = w_gate.shape[-1]
-    hidden = silu_mul(gu[..., :f], gu[..., f:])
+    # one matmul for gate and up: [in, 2, out] is the same row-major buffer as [in, 2 * out] (one GEMM on a CPU),
+    # but keeps `out` its own axis, so weights split over tensor on `out` stay where they are (a concatenation
+    # along `out` would move shards between devices in every layer)
+    w_gu = jnp.stack([w_gate, w_up], axis=-2)
+    gu = jnp.einsum("...i,ijo->...jo", x, w_gu) + jnp.stack([b_gate, b_up])
+    hidden = silu_mul(gu[..., 0, :], gu[..., 1, :])
     return hidden @ w_down, (x, gu, hidden, w_gu, w_down)
 
 
@@ -132,16 +134,16 @@ def _swiglu_core_bwd(res, d_out):
     # autodiff, inside the layer scan's backward, XLA:CPU wrote the SwiGLU gradient [tokens, 384] transposed
     # (a strided loop, the step's most expensive op: 2 per layer) for the weight-gradient dot.
     x, gu, hidden, w_gu, w_down = res
-    f = w_down.shape[0]
-    gate, up = gu[..., :f], gu[..., f:]
+    gate, up = gu[..., 0, :], gu[..., 1, :]
     sig = jax.nn.sigmoid(gate)
     d_hidden = d_out @ w_down.T
-    d_gu = jnp.concatenate([d_hidden * up * sig * (1 + gate * (1 - sig)), d_hidden * gate * sig], axis=-1)
-    d_x = d_gu @ w_gu.T
-    d_gu2 = _rows(d_gu)
-    d_w_gate, d_w_up = jnp.split(jnp.einsum("tk,tn->kn", _rows(x), d_gu2), 2, axis=-1)
-    d_b_gate, d_b_up = jnp.split(d_gu2.sum(0), 2)
-    return d_x, d_w_gate, d_w_up, jnp.einsum("tk,tn->kn", _rows(hidden), _rows(d_out)), d_b_gate, d_b_up
+    d_gu = jnp.stack([d_hidden * up * sig * (1 + gate * (1 - sig)), d_hidden * gate * sig], axis=-2)
+    d_x = jnp.einsum("...jo,ijo->...i", d_gu, w_gu)
+    d_gu2 = d_gu.reshape(-1, *d_gu.shape[-2:])  # [tokens, 2, out]
+    d_w_gu = jnp.einsum("tk,tjo->kjo", _rows(x), d_gu2)
+    d_b_gu = d_gu2.sum(0)
+    return (d_x, d_w_gu[:, 0], d_w_gu[:, 1], jnp.einsum("tk,tn->kn", _rows(hidden), _rows(d_out)),
+            d_b_gu[0], d_b_gu[1])
 
 
 _swiglu_core.defvjp(_swiglu_core_fwd, _swiglu_core_bwd)

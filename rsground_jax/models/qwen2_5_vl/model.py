@@ -79,17 +79,30 @@ class Qwen25VL(nnx.Module):
     # ------------------------------------------------------------------------------------------- calls
 
     def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, vision=None,
-                cache: KVCache | None = None, cache_index=0, logits_slice: slice | None = None, layers=None):
+                cache: KVCache | None = None, cache_index=0, logits_slice: slice | None = None, layers=None,
+                decode: dict | None = None):
         """Jittable forward on prepared inputs. Returns (logits [b, t, vocab] float32, cache or None).
 
         `logits_slice` restricts the LM head to some positions (e.g. `slice(-1, None)` for decoding).
         `layers`: per-layer decoder parameters (`self.text.layer_params()`), for the unrolled decode path.
+        `decode`: `self.text.decode_weights()`, a decode step's weights prepared once for the whole generation
+        (text tokens only): the embedding, the layers (unrolled), the final norm and the LM head.
         """
-        x = self.embed(input_ids, attention_mask, pixel_values, vision)
-        hidden, cache = self.text(x, position_ids, attention_mask, cache=cache, cache_index=cache_index, layers=layers)
+        head = None
+        if decode is not None:
+            if pixel_values is not None:
+                raise ValueError("a decode step with prepared weights takes text tokens only, not pixel_values")
+            x = decode["embed_vd"][input_ids].astype(self.dtype)
+            hidden, cache = self.text(x, position_ids, attention_mask, cache=cache, cache_index=cache_index,
+                                      layers=decode["layers"], final_norm_d=decode["final_norm_d"])
+            head = decode["head_dv"]
+        else:
+            x = self.embed(input_ids, attention_mask, pixel_values, vision)
+            hidden, cache = self.text(x, position_ids, attention_mask, cache=cache, cache_index=cache_index,
+                                      layers=layers)
         if logits_slice is not None:
             hidden = hidden[:, logits_slice]
-        return self.text.logits(hidden), cache
+        return self.text.logits(hidden, head), cache
 
     def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
                  position_ids=None, vision=None) -> jax.Array:

@@ -119,13 +119,15 @@ class TextDecoder(nnx.Module):
     def embed(self, input_ids: jax.Array, dtype) -> jax.Array:
         return self.embed_vd[...].astype(dtype)[input_ids]
 
-    def _stacked(self):
+    def _stacked_params(self) -> dict[str, nnx.Param]:
         return {
-            "attn_norm": self.attn_norm_ld[...], "q": self.q_ldnh[...], "q_bias": self.q_bias_lnh[...],
-            "k": self.k_ldkh[...], "k_bias": self.k_bias_lkh[...], "v": self.v_ldkh[...],
-            "v_bias": self.v_bias_lkh[...], "o": self.o_lnhd[...], "mlp_norm": self.mlp_norm_ld[...],
-            "gate": self.gate_ldf[...], "up": self.up_ldf[...], "down": self.down_lfd[...],
+            "attn_norm": self.attn_norm_ld, "q": self.q_ldnh, "q_bias": self.q_bias_lnh, "k": self.k_ldkh,
+            "k_bias": self.k_bias_lkh, "v": self.v_ldkh, "v_bias": self.v_bias_lkh, "o": self.o_lnhd,
+            "mlp_norm": self.mlp_norm_ld, "gate": self.gate_ldf, "up": self.up_ldf, "down": self.down_lfd,
         }
+
+    def _stacked(self):
+        return {k: v[...] for k, v in self._stacked_params().items()}
 
     def layer_params(self, dtype=None) -> list[dict[str, jax.Array]]:
         """Each layer's parameters sliced out of the stacks, for the unrolled decode path (see `__call__`),
@@ -133,23 +135,44 @@ class TextDecoder(nnx.Module):
         makes 4 matmuls a layer instead of 7 (fewer, wider GEMMs; the copies are made once per generation).
         `dtype`: cast to the compute dtype here, once, rather than at every use inside the decode loop (the
         cast of float32 master weights to bfloat16 would otherwise re-read them for every token)."""
+        return self.decode_weights(dtype)["layers"]
+
+    def decode_weights(self, dtype=None, *, fuse: bool = True, place=None) -> dict:
+        """What a decode loop reads for every token, prepared once before it: {"layers": `layer_params`-style
+        per-layer dicts, "embed_vd" [vocab, d], "head_dv" [d, vocab], "final_norm_d" [d]}.
+
+        `place(array, logical_axes) -> array`: pins each prepared weight's layout (the sampler gathers the
+        weights over fsdp here, once a generation, where the training layout would gather every layer again
+        for every token: `sharding.decode_placement`). `fuse=False` keeps q/k/v and gate/up apart: fused along
+        their output axis, weights split over tensor would have to move between devices."""
         cfg = self.cfg
         D, NH, KH = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         stacked = self._stacked()
-        qkv = jnp.concatenate([stacked["q"].reshape(-1, D, NH), stacked["k"].reshape(-1, D, KH),
-                               stacked["v"].reshape(-1, D, KH)], axis=-1)
-        qkv_bias = jnp.concatenate([stacked["q_bias"].reshape(-1, NH), stacked["k_bias"].reshape(-1, KH),
-                                    stacked["v_bias"].reshape(-1, KH)], axis=-1)
-        gate_up = jnp.concatenate([stacked["gate"], stacked["up"]], axis=-1)
-        fused = {"attn_norm": stacked["attn_norm"], "qkv_dx": qkv, "qkv_bias_x": qkv_bias, "o": stacked["o"],
-                 "mlp_norm": stacked["mlp_norm"], "gate_up_dx": gate_up, "down": stacked["down"]}
-        if dtype is not None:
-            fused = {k: w.astype(dtype) for k, w in fused.items()}
-        return [{k: w[i] for k, w in fused.items()} for i in range(cfg.num_hidden_layers)]
+        axes = {k: v.get_metadata()["logical_axes"] for k, v in self._stacked_params().items()}
+        if fuse:
+            qkv = jnp.concatenate([stacked["q"].reshape(-1, D, NH), stacked["k"].reshape(-1, D, KH),
+                                   stacked["v"].reshape(-1, D, KH)], axis=-1)
+            qkv_bias = jnp.concatenate([stacked["q_bias"].reshape(-1, NH), stacked["k_bias"].reshape(-1, KH),
+                                        stacked["v_bias"].reshape(-1, KH)], axis=-1)
+            gate_up = jnp.concatenate([stacked["gate"], stacked["up"]], axis=-1)
+            kept = ("attn_norm", "o", "mlp_norm", "down")
+            stacked = {"qkv_dx": qkv, "qkv_bias_x": qkv_bias, "gate_up_dx": gate_up, **{k: stacked[k] for k in kept}}
+            axes.update(qkv_dx=("layers", "embed", None), qkv_bias_x=("layers", None),
+                        gate_up_dx=("layers", "embed", None))
+        head = self.embed_vd[...].T if self.tie_word_embeddings else self.lm_head_dv[...]
+        whole = {"embed_vd": self.embed_vd[...], "head_dv": head, "final_norm_d": self.final_norm_d[...]}
+        axes.update(embed_vd=("vocab", "embed"), head_dv=("embed", "vocab"), final_norm_d=("embed",))
+        if dtype is not None:  # the norms stay as they are (rms_norm computes in float32)
+            stacked = {k: w if k.endswith("norm") else w.astype(dtype) for k, w in stacked.items()}
+            whole.update(embed_vd=whole["embed_vd"].astype(dtype), head_dv=whole["head_dv"].astype(dtype))
+        if place is not None:
+            stacked = {k: place(w, axes[k]) for k, w in stacked.items()}
+            whole = {k: place(w, axes[k]) for k, w in whole.items()}
+        return {"layers": [{k: w[i] for k, w in stacked.items()} for i in range(cfg.num_hidden_layers)], **whole}
 
     def __call__(self, x: jax.Array, position_ids: jax.Array, attention_mask: jax.Array,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                 layers: list[dict[str, jax.Array]] | None = None):
+                 layers: list[dict[str, jax.Array]] | None = None, final_norm_d: jax.Array | None = None):
         """Decoder stack.
 
         Args:
@@ -160,6 +183,7 @@ class TextDecoder(nnx.Module):
             every valid slot up to their own; otherwise plain causal self-attention over x.
           layers: `layer_params()`, to run the layers unrolled (the decode path); the cache then comes back
             per layer (`KVCache.per_layer`, converted once if a stacked one is passed in).
+          final_norm_d: the final norm's weight as `decode_weights` prepared it (default: the model's own).
         Returns:
           (hidden [b, t, d] after the final norm, updated cache or None).
         """
@@ -257,10 +281,13 @@ class TextDecoder(nnx.Module):
                     x, (ks[i], vs[i]) = layer(x, lp, (ks[i], vs[i], None))
                 ks, vs = tuple(ks), tuple(vs)
             new_cache = KVCache(ks, vs, key_valid)
-        return rms_norm(x, self.final_norm_d[...], cfg.rms_norm_eps), new_cache
+        final = self.final_norm_d[...] if final_norm_d is None else final_norm_d
+        return rms_norm(x, final, cfg.rms_norm_eps), new_cache
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """[b, t, d] -> [b, t, vocab] (float32 accumulation of the compute-dtype matmul)."""
+    def logits(self, hidden: jax.Array, head_dv: jax.Array | None = None) -> jax.Array:
+        """[b, t, d] -> [b, t, vocab] (float32 accumulation of the compute-dtype matmul). `head_dv`: the LM head
+        as `decode_weights` prepared it (default: the model's own)."""
         dt = hidden.dtype
-        w = self.embed_vd[...].astype(dt).T if self.tie_word_embeddings else self.lm_head_dv[...].astype(dt)
-        return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        if head_dv is None:
+            head_dv = self.embed_vd[...].T if self.tie_word_embeddings else self.lm_head_dv[...]
+        return jnp.einsum("btd,dv->btv", hidden, head_dv.astype(dt), preferred_element_type=jnp.float32)
