@@ -99,12 +99,13 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     x_sh = sharding.batch_shardings(prompt, mesh, micro=False)
     # the sampler as the GRPO step runs it: rows split over data x fsdp, the decode weights placed by DECODE_RULES
     rows = (mesh, tuple(a for a in sharding.RULES["batch"] if mesh.shape[a] > 1))
-    args = (placed, sharding.place(prompt, x_sh), jax.random.key(0), greedy, 1, rows)
-    toks, lens, _ = sample(*args)
+    dynamic = (placed, sharding.place(prompt, x_sh), jax.random.key(0))
+    compiled = sample.lower(*dynamic, greedy, 1, rows).compile()  # compiled once: run, and its program read
+    toks, lens, _ = compiled(*dynamic)
     results[str(sizes)] = dict(loss=float(loss), ref_loss=float(ref_loss), worst_rel_grad=worst,
                                same_tokens=bool(np.array_equal(np.asarray(toks), np.asarray(ref_tokens))),
                                same_lengths=bool(np.array_equal(np.asarray(lens), np.asarray(ref_lengths))),
-                               decode=decode_collectives(sample.lower(*args).compile().as_text()))
+                               decode=decode_collectives(compiled.as_text()))
 results["distinct_greedy_rows"] = len({tuple(r) for r in np.asarray(ref_tokens).tolist()})
 print("RESULT " + json.dumps(results))
 """
