@@ -101,6 +101,11 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
     return shape
 
 
+def batch_mesh_axes(mesh: Mesh, rules=RULES) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) a batch's rows are split over: where a step pins its rollout rows."""
+    return tuple(a for a in (rules["batch"] or ()) if mesh.shape.get(a, 1) > 1)
+
+
 def check_batch_splits(batch_size: int, mesh: Mesh, what: str = "batch size", rules=RULES) -> None:
     """Raise a MeshError naming `what` when `batch_size` rows do not split over the batch's mesh axes."""
     split = math.prod(mesh.shape[a] for a in rules["batch"])

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ..eval.metrics import box_area
 from ..generate.sampler import SamplingConfig, by_rows, generate_fn
 from ..models.qwen2_5_vl.text import KVCache
-from ..sharding import RULES
+from ..sharding import batch_mesh_axes
 from ..train.step import RLTrainState, make_update
 from .grpo import GRPOConfig, group_advantages, grpo_loss_terms, select_groups
 from .rewards import coherence_weights, reward_terms, weighted_reward
@@ -123,8 +123,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
     rows = None
     if shardings is not None:  # the rollout rows stay split over the batch's mesh axes inside the program
         mesh = jax.tree.leaves(shardings[0])[0].mesh
-        axes = tuple(a for a in RULES["batch"] if mesh.shape[a] > 1)
-        rows = (mesh, axes)  # axes may be (): rows whole on every device, the decode weights still placed
+        rows = (mesh, batch_mesh_axes(mesh))  # axes may be (): rows whole on every device, decode weights placed
 
     def loss_fn(model, mb):
         logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature, rows)

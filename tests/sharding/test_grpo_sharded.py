@@ -98,7 +98,7 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
                 for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)))
     x_sh = sharding.batch_shardings(prompt, mesh, micro=False)
     # the sampler as the GRPO step runs it: rows split over data x fsdp, the decode weights placed by DECODE_RULES
-    rows = (mesh, tuple(a for a in sharding.RULES["batch"] if mesh.shape[a] > 1))
+    rows = (mesh, sharding.batch_mesh_axes(mesh))
     dynamic = (placed, sharding.place(prompt, x_sh), jax.random.key(0))
     compiled = sample.lower(*dynamic, greedy, 1, rows).compile()  # compiled once: run, and its program read
     toks, lens, _ = compiled(*dynamic)
