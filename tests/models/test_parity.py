@@ -147,7 +147,10 @@ def test_greedy_generation_matches_transformers_generate(models, rng):
 
 
 def test_bfloat16_compute_with_float32_params_tracks_float32(models, rng):
-    _, _, path = models
+    _, ours, path = models
+    if ours.config.tie_word_embeddings:
+        pytest.skip("the compute dtype is applied alike to a tied and an untied head: checked once, on the untied "
+                    "model (eager, 20 s of the suite)")
     f32 = load_pretrained(path)
     mixed = load_pretrained(path, dtype=jnp.float32, compute_dtype=jnp.bfloat16)
     pure = load_pretrained(path, dtype=jnp.bfloat16)

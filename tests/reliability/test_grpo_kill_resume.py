@@ -1,5 +1,5 @@
 """`kill -9` at random points of `rsground grpo` (after random steps and inside a checkpoint save), SIGTERM, then
-`--resume`: 5 of 5 killed runs resume to exactly the uninterrupted run's rewards, losses and rollout IoU, each
+`--resume`: 4 of 4 stopped runs resume to exactly the uninterrupted run's rewards, losses and rollout IoU, each
 step in the metrics once. Through the installed command."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _last(metrics: Path) -> int:
     return max(metrics_steps(metrics), default=0)
 
 
-@pytest.mark.slow  # about 90 s: eight processes that each start JAX (the compilation cache spares the compiles)
+@pytest.mark.slow  # about 70 s: six processes that each start JAX (the compilation cache spares the compiles)
 def test_kill_9_at_random_points_then_resume_reproduces_the_uninterrupted_grpo_run(tmp_path, rng):
     ref = tmp_path / "ref"
     r = rsground(*GRPO, f"workdir={ref}", cwd=tmp_path)
@@ -42,7 +42,7 @@ def test_kill_9_at_random_points_then_resume_reproduces_the_uninterrupted_grpo_r
     ckpts = w / "grpo" / "checkpoints"
     stops = []
     p = start(*args, cwd=tmp_path, log=tmp_path / "first.log")
-    for i, how in enumerate(["step", "save", "step", "SIGTERM", "step", "step"]):
+    for i, how in enumerate(["step", "save", "SIGTERM", "step"]):
         if i:
             p = start(*args, "--resume", cwd=tmp_path, log=tmp_path / f"{i}.log")
         if how == "save":
@@ -64,7 +64,7 @@ def test_kill_9_at_random_points_then_resume_reproduces_the_uninterrupted_grpo_r
     r = rsground(*args, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     print("stops:", "; ".join(stops))
-    assert sum(s.startswith("kill -9") for s in stops) == 5
+    assert sum(s.startswith("kill -9") for s in stops) == 3
     assert metrics_steps(metrics) == list(range(1, STEPS + 1))  # each step once
     assert _rows(metrics) == want  # exactly the uninterrupted run's rewards and losses
     run = json.loads((ckpts / str(STEPS) / "run" / "metadata").read_text())  # where the reference came from

@@ -47,7 +47,7 @@ def _last(metrics) -> int:
     return max(metrics_steps(metrics), default=0)
 
 
-@pytest.mark.slow  # about 100 s: nine processes that each start JAX (the compilation cache spares most compiles)
+@pytest.mark.slow  # about 90 s: eight processes that each start JAX (the compilation cache spares most compiles)
 def test_kill_9_sigterm_and_ctrl_c_anywhere_then_resume_reproduces_the_uninterrupted_run(tmp_path, reference, rng):
     ref_losses, ref_data = reference
     w = tmp_path / "w"
@@ -83,7 +83,7 @@ def test_kill_9_sigterm_and_ctrl_c_anywhere_then_resume_reproduces_the_uninterru
     kill9(p)
     stops.append(f"kill -9 in the checkpoint save after step {_last(metrics)}")
 
-    for name in ("SIGTERM", "kill", "SIGINT", "kill", "kill"):
+    for name in ("SIGTERM", "kill", "SIGINT", "kill"):
         p = resume(name)
         after_a_random_step(p)
         if name == "kill":
@@ -103,7 +103,7 @@ def test_kill_9_sigterm_and_ctrl_c_anywhere_then_resume_reproduces_the_uninterru
     assert r.returncode == 0, r.stderr[-3000:]
     assert missing_parts(model) == [] and json.loads((model / "RECIPE.json").read_text())["workdir"] == str(w)
     print("stops:", "; ".join(stops))
-    assert sum(s.startswith("kill -9") for s in stops) == 5
+    assert sum(s.startswith("kill -9") for s in stops) == 4
     assert metrics_steps(metrics) == list(range(1, STEPS + 1))  # each step once
     assert metrics_losses(metrics) == ref_losses  # exactly the uninterrupted run's losses
     assert _same_tree(w / "data_s", ref_data)  # the resumed synthesis wrote the same files
