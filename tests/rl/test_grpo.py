@@ -100,9 +100,14 @@ def test_grpo_loss_equals_numpy(rng, kl, agg, eps_high, beta):
 def test_config_refusals():
     for bad in [dict(num_generations=1), dict(kl_estimator="k2"), dict(loss_agg_mode="sum"),
                 dict(scale_rewards="std"), dict(num_iterations=0), dict(temperature=0.0),
-                dict(dynamic_sampling=True, dynamic_sampling_oversample=1)]:
+                dict(dynamic_sampling=True, dynamic_sampling_oversample=1),
+                dict(num_generations=4, greedy_rollouts=4), dict(greedy_rollouts=-1)]:
         with pytest.raises(GRPOConfigError):
             GRPOConfig(**bad)
+    from rsground_jax.rl.step import GRPOStepConfig
+
+    # a greedy rollout a group reaches the step's sampler (tests/generate/test_sampler.py: what it decodes)
+    assert GRPOStepConfig(grpo=GRPOConfig(num_generations=4, greedy_rollouts=3), rewards=()).sampling.greedy_rows == 3
 
 
 def test_dynamic_sampling_keeps_informative_groups_first_then_in_order():
