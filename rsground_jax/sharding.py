@@ -108,7 +108,7 @@ def batch_mesh_axes(mesh: Mesh, rules=RULES) -> tuple[str, ...]:
 
 def check_batch_splits(batch_size: int, mesh: Mesh, what: str = "batch size", rules=RULES) -> None:
     """Raise a MeshError naming `what` when `batch_size` rows do not split over the batch's mesh axes."""
-    split = math.prod(mesh.shape[a] for a in rules["batch"])
+    split = math.prod(mesh.shape[a] for a in batch_mesh_axes(mesh, rules))
     if batch_size % split:
         raise MeshError(f"{what} {batch_size} does not split over the mesh's data x fsdp = {split} devices "
                         f"(mesh {dict(mesh.shape)})")
@@ -117,7 +117,7 @@ def check_batch_splits(batch_size: int, mesh: Mesh, what: str = "batch size", ru
 def batch_groups(mesh: Mesh, rules=RULES) -> int:
     """How many pieces this process's rows of a batch are split into over the mesh (data x fsdp devices over
     the processes): the groups `inputs.group_vision_inputs` packs the images into."""
-    return max(1, math.prod(mesh.shape[a] for a in rules["batch"]) // jax.process_count())
+    return max(1, math.prod(mesh.shape[a] for a in batch_mesh_axes(mesh, rules)) // jax.process_count())
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -155,11 +155,8 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
 def decode_placement(mesh: Mesh, rules=DECODE_RULES):
     """For `TextDecoder.decode_weights`: (fuse, place). `place(array, logical_axes)` pins a prepared decode weight
     to its `DECODE_RULES` layout on `mesh`; q/k/v and gate/up are fused only where the tensor axis is 1 (fused
-    along their output axis, tensor-split weights would move between devices)."""
-    from jax.sharding import AxisType
-
-    if any(t != AxisType.Auto for t in getattr(mesh, "axis_types", ())):  # constraints inside jit need Auto axes
-        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    along their output axis, tensor-split weights would move between devices). `mesh` has Auto axes, as the
+    sampler's rows and `make_mesh` give it."""
 
     def place(x, axes):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape, mesh, rules)))
