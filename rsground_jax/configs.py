@@ -362,6 +362,7 @@ _GRPO_SETTINGS: dict[str, Field] = {
     "dynamic_sampling_oversample": _int("an integer >= 2", lambda v: v >= 2),
     "mask_truncated_completions": Field((bool,), "true or false"),
     "greedy_rollouts": _int("an integer >= 0, below num_generations", lambda v: v >= 0),
+    "sft_coef": _float("a number >= 0", lambda v: v >= 0),
 }
 _COHERENCE_FIELDS: dict[str, Field] = {
     "enabled": Field((bool,), "true or false", required=True),

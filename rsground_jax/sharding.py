@@ -43,6 +43,11 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "kv_heads": ("tensor",),
     "head_dim": None,
     "mlp": ("tensor",),
+    # text decoder activations (`layers.constrain` inside `activation_layout`): the residual stream whole on
+    # each device of a batch shard, the heads split over tensor as their weights are
+    "act_embed": None,
+    "act_heads": ("tensor",),
+    "act_kv_heads": ("tensor",),
     # vision tower (frozen in most recipes; sharded alike so a 72B tower is not replicated)
     "patch": None,
     "vision_embed": ("fsdp",),
@@ -68,6 +73,8 @@ BATCH_AXES: dict[str, tuple[str | None, ...]] = {
     "gt_box_resized": ("batch", None),
     "resized_hw": ("batch", None),
     "sample_valid": ("batch",),
+    "target_ids": ("batch", "seq"),  # GRPO's SFT anchor: one target per prompt
+    "target_mask": ("batch", "seq"),
     # GRPO completions: rows p * G + g
     "tokens": ("batch", "seq"),
     "mask": ("batch", "seq"),
@@ -162,6 +169,20 @@ def decode_placement(mesh: Mesh, rules=DECODE_RULES):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape, mesh, rules)))
 
     return mesh.shape.get("tensor", 1) == 1, place
+
+
+def activation_layout(mesh: Mesh | None, rules=RULES):
+    """A context in which the model's activations are pinned to the layout `rules` give their logical axes on
+    `mesh` (`layers.constrain`); enter it inside the traced function (a jitted step's body). None: no pinning."""
+    from .models.qwen2_5_vl.layers import activation_layout as layout
+
+    if mesh is None:
+        return layout(None)
+
+    def pin(x, axes):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape, mesh, rules)))
+
+    return layout(pin)
 
 
 def _is_param(x) -> bool:

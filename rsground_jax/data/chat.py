@@ -184,10 +184,14 @@ class ChatEncoder:
             raise ValueError(f"{len(expressions)} expressions but {len(answers)} answers")
         prompts = self.encode_prompts(expressions, variants)
         out = []
-        for p, a in zip(prompts, self._encode(answers)):
-            ids = np.concatenate([p.ids, np.asarray(a, np.int32), np.asarray([self.specials.im_end], np.int32)])
-            out.append(EncodedChat(ids, p.image_pos, len(p.ids)))
+        for p, a in zip(prompts, self.encode_targets(answers)):
+            out.append(EncodedChat(np.concatenate([p.ids, a]), p.image_pos, len(p.ids)))
         return out
+
+    def encode_targets(self, answers: Sequence[str]) -> list[np.ndarray]:
+        """The assistant turn after a prompt: each answer's ids and <|im_end|> (int32)."""
+        end = np.asarray([self.specials.im_end], np.int32)
+        return [np.concatenate([np.asarray(a, np.int32), end]) for a in self._encode(answers)]
 
 
 def expand_image_tokens(chat: EncodedChat, num_image_tokens: int, image_pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,9 @@ Batch (numpy, static shapes for `jax.jit`; B = batch size, L = length bucket, P 
                                         gives every host the same number of batches of a finite stream)
     record_index       [B] int32        index into `plan.records`
     prompt_length      [B] int32        tokens before the first target (SFT) / the whole prompt (RL)
+    target_ids         [B, T] int32     RL with `rl_targets` only: the SFT target after the prompt (answer and
+                                        <|im_end|>), right-padded; T = the plan's longest target rounded up to 16
+    target_mask        [B, T] int32     1 on the real target tokens of valid samples
 
 L is the smallest of `length_buckets` holding the longest sample of the batch, P the smallest of
 `patch_buckets` holding its patches (default: one bucket, B x the largest image of the plan). SFT pads
@@ -109,6 +112,9 @@ class PipelineConfig:
     answer_style: str = "cot"
     # "box" answers only: the fraction that start with a lead-in sentence (`chat.box_answer`)
     leadin_fraction: float = 0.0
+    # RL only: each prompt's SFT target too (in `answer_style`, phrasings from `cot_seed`), as target_ids /
+    # target_mask; what GRPO's SFT anchor (`GRPOConfig.sft_coef`) is trained on
+    rl_targets: bool = False
 
     def __post_init__(self):
         if self.answer_style not in ANSWER_STYLES:
@@ -178,6 +184,13 @@ class Plan:
     original_hw: np.ndarray  # [n, 2] int32
     resized_hw: np.ndarray  # [n, 2] int32
     report: PlanReport
+    targets: np.ndarray | None = None  # RL with targets: flat int32 ids of each sample's SFT target
+    target_offsets: np.ndarray | None = None  # [n + 1] int64
+
+    @property
+    def target_length(self) -> int:
+        """The static width of a batch's target_ids: the longest target rounded up to 16."""
+        return _round_up(int(np.diff(self.target_offsets).max()), 16)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -189,6 +202,8 @@ class Plan:
         h = hashlib.sha256(self.kind.encode())
         for a in (self.ids, self.offsets, self.grid_thw, self.gt_original):
             h.update(np.ascontiguousarray(a).tobytes())
+        if self.targets is not None:
+            h.update(np.ascontiguousarray(self.targets).tobytes())
         # image paths relative to their common folder: a dataset (or a run directory holding it) that moves
         # keeps its fingerprint, so a checkpoint can resume on another machine or mount point
         paths = [os.path.abspath(r.image_path) for r in self.records]
@@ -210,6 +225,7 @@ def _plan(
     leadin_fraction: float = 0.0,
     on_overflow: str,
     images=None,
+    rl_targets: bool = False,
 ) -> Plan:
     records = list(records)
     if not records:
@@ -221,19 +237,15 @@ def _plan(
     if kind == "sft" and template.question_variants:
         n = len(template.questions)
         variants = [int(np.random.default_rng([cot_seed, i, 1]).integers(n)) for i in range(len(records))]
-    if kind == "sft" and answer_style == "box":
-        # the base model's plain grounding answer: the box in the resized frame, no reasoning
-        answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
-        texts = [box_answer(box_frames.format_box(a), e, i, leadin_fraction)
-                 for i, (a, e) in enumerate(zip(answers, expressions))]
+    targets = None
+    if kind == "sft":
+        texts, answers = _targets(records, processor, answer_style, cot_seed, leadin_fraction)
         chats = encoder.encode_sft(expressions, texts, variants)
-    elif kind == "sft":
-        cots = [make_cot(r, processor, [cot_seed, i], brief=answer_style == "brief_cot") for i, r in enumerate(records)]
-        chats = encoder.encode_sft(expressions, [c.text for c in cots], variants)
-        answers = [c.answer_box for c in cots]
     else:
         chats = encoder.encode_prompts(expressions)
         answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
+        if rl_targets:
+            targets = encoder.encode_targets(_targets(records, processor, answer_style, cot_seed, leadin_fraction)[0])
     if images is None:
         images = FileImages(tuple(r.image_path for r in records))
 
@@ -290,7 +302,27 @@ def _plan(
         original_hw=np.array([(r.height, r.width) for r in kept], np.int32),
         resized_hw=resized,
         report=report,
+        **({} if targets is None else _flat([targets[i] for i in keep], "targets")),
     )
+
+
+def _targets(records, processor, answer_style: str, cot_seed: int, leadin_fraction: float):
+    """(target texts, the integer boxes they state) of `records` in `answer_style` (see `PipelineConfig`)."""
+    if answer_style == "box":
+        # the base model's plain grounding answer: the box in the resized frame, no reasoning
+        answers = [box_frames.answer_box(r.box, r.height, r.width, processor) for r in records]
+        texts = [box_answer(box_frames.format_box(a), r.expression, i, leadin_fraction)
+                 for i, (a, r) in enumerate(zip(answers, records))]
+        return texts, answers
+    cots = [make_cot(r, processor, [cot_seed, i], brief=answer_style == "brief_cot") for i, r in enumerate(records)]
+    return [c.text for c in cots], [c.answer_box for c in cots]
+
+
+def _flat(arrays: list[np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """Ragged int32 arrays as {name: flat ids, name[:-1] + '_offsets': [n + 1] offsets}."""
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(a) for a in arrays])
+    return {name: np.concatenate(arrays).astype(np.int32), f"{name[:-1]}_offsets": offsets}
 
 
 def plan_sft(records, tokenizer, processor, *, template=ChatTemplate(), cot_seed=0, max_length=None, on_overflow="error", images=None, answer_style="cot", leadin_fraction=0.0) -> Plan:
@@ -298,9 +330,12 @@ def plan_sft(records, tokenizer, processor, *, template=ChatTemplate(), cot_seed
     return _plan("sft", records, tokenizer, processor, template=template, cot_seed=cot_seed, max_length=max_length, on_overflow=on_overflow, images=images, answer_style=answer_style, leadin_fraction=leadin_fraction)
 
 
-def plan_rl(records, tokenizer, processor, *, template=ChatTemplate(), max_length=None, on_overflow="error", images=None) -> Plan:
-    """Plan RL prompts: prompt only, ground truth kept for the reward."""
-    return _plan("rl", records, tokenizer, processor, template=template, cot_seed=0, max_length=max_length, on_overflow=on_overflow, images=images)
+def plan_rl(records, tokenizer, processor, *, template=ChatTemplate(), max_length=None, on_overflow="error", images=None,
+            targets: bool = False, answer_style: str = "cot", cot_seed: int = 0) -> Plan:
+    """Plan RL prompts: the prompt, the ground truth kept for the reward, and with `targets` each prompt's SFT
+    target in `answer_style` (GRPO's SFT anchor)."""
+    return _plan("rl", records, tokenizer, processor, template=template, cot_seed=cot_seed, max_length=max_length,
+                 on_overflow=on_overflow, images=images, answer_style=answer_style, rl_targets=targets)
 
 
 # ------------------------------------------------------------------------------------- samples, batches
@@ -414,6 +449,15 @@ class MakeBatch:
         }
         if plan.kind == "sft":
             batch["loss_mask"] = loss_mask
+        if plan.targets is not None:
+            T = plan.target_length
+            target_ids = np.full((B, T), plan.specials.pad, np.int32)
+            target_mask = np.zeros((B, T), np.int32)
+            for b, i in enumerate(idx):
+                t = plan.targets[plan.target_offsets[i] : plan.target_offsets[i + 1]]
+                target_ids[b, : len(t)] = t
+                target_mask[b, : len(t)] = valid[b]
+            batch.update(target_ids=target_ids, target_mask=target_mask)
         return batch
 
 
@@ -509,7 +553,8 @@ def sft_pipeline(records, tokenizer, processor: ImageProcessor, config: Pipeline
 def rl_pipeline(records, tokenizer, processor: ImageProcessor, config: PipelineConfig, *, template=ChatTemplate(), images=None) -> Pipeline:
     """Plan RL prompts and build their pipeline."""
     max_len = config.length_buckets[-1] if config.length_buckets else None
-    plan = plan_rl(records, tokenizer, processor, template=template, max_length=max_len, on_overflow=config.on_overflow, images=images)
+    plan = plan_rl(records, tokenizer, processor, template=template, max_length=max_len, on_overflow=config.on_overflow,
+                   images=images, targets=config.rl_targets, answer_style=config.answer_style, cot_seed=config.cot_seed)
     return Pipeline(plan, config)
 
 

@@ -94,8 +94,9 @@ def write_predictions(path, rows: list[dict]) -> None:
 def evaluate_over_hosts(model, records, tokenizer, processor, **options) -> EvalResult:
     """`evaluate` in a job of several processes (a pod's hosts), called by every process with the same records:
     host i decodes the i-th of equal consecutive blocks of the records with a whole copy of the model on its
-    first device (the parameters gathered from wherever the mesh keeps them), and every host returns the metrics
-    of all the records, with the predictions of host 0's block first. One process: `evaluate` itself.
+    first device (the parameters gathered from wherever the mesh keeps them, unless every host holds them whole
+    already, as after `train.experiment.gather_whole`), and every host returns the metrics of all the records,
+    with the predictions of host 0's block first. One process: `evaluate` itself.
 
     The copy must fit one device (a 7B model in bfloat16 does on an H100 or a TPU v5p); where it does not, run
     `rsground eval` on the exported model instead."""
@@ -108,7 +109,8 @@ def evaluate_over_hosts(model, records, tokenizer, processor, **options) -> Eval
     from ..distributed import allgather_json, gather_to_host
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    whole = jax.device_put(gather_to_host(params), jax.local_devices()[0])
+    local = all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params))  # numpy: True
+    whole = jax.device_put(params if local else gather_to_host(params), jax.local_devices()[0])
     n, i = jax.process_count(), jax.process_index()
     block = records[len(records) * i // n: len(records) * (i + 1) // n]
     rows = evaluate(nnx.merge(graphdef, whole, rest), block, tokenizer, processor, **options).predictions if block else []

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from ..models.qwen2_5_vl.layers import argmax_first
 from ..models.qwen2_5_vl.model import Qwen25VL
 from ..models.qwen2_5_vl.text import KVCache
-from ..sharding import decode_placement, logical_spec
+from ..sharding import RULES, activation_layout, decode_placement, logical_spec
 
 
 DECODE_SCOPE = "decode_token"
@@ -135,8 +135,17 @@ def generate_fn(graphdef, state, batch: dict, key: jax.Array, cfg: SamplingConfi
     Returns tokens [b * G, max_new], lengths [b * G] and logprobs [b * G, max_new] (each sampled token's
     log-probability under the distribution it was drawn from, see `_pick`; 0 past a row's length).
     `state`: the model's parameters (e.g. a train state's, used as they are). `rows`: (mesh, the mesh axis or
-    axes the batch is split over), or None for one device: the cache, tokens and logits stay split so.
+    axes the batch is split over), or None for one device: the cache, tokens, logits and the model's
+    activations (`sharding.activation_layout`, the rows' axes as its batch) stay split so.
     """
+    if rows is None:
+        return _generate(graphdef, state, batch, key, cfg, rows, num_generations)
+    axes = (rows[1],) if isinstance(rows[1], str) else tuple(rows[1])
+    with activation_layout(rows[0], {**RULES, "batch": axes}):
+        return _generate(graphdef, state, batch, key, cfg, rows, num_generations)
+
+
+def _generate(graphdef, state, batch, key, cfg, rows, num_generations):
     model: Qwen25VL = nnx.merge(graphdef, state)
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
     prompts, prompt_len = ids.shape

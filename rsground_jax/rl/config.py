@@ -35,6 +35,9 @@ class GRPOConfig:
     dynamic_sampling_oversample: int = 2  # with dynamic_sampling: prompts drawn per prompt the update keeps
     mask_truncated_completions: bool = False  # completions without an end token get no loss
     greedy_rollouts: int = 0  # of each group's G completions, this many decoded greedily (the policy's mode)
+    # the SFT anchor (InstructGPT's PPO-ptx, here on the same prompts): this times the token-mean negative
+    # log-likelihood of each prompt's SFT target joins the loss; 0 trains on the rewards alone
+    sft_coef: float = 0.0
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -58,6 +61,7 @@ class GRPOConfig:
         need(isinstance(self.greedy_rollouts, int) and 0 <= self.greedy_rollouts < self.num_generations,
              f"greedy_rollouts={self.greedy_rollouts!r}: must be an integer in [0, num_generations) (at least one "
              f"completion a group is sampled)")
+        need(self.sft_coef >= 0, f"sft_coef={self.sft_coef!r}: must be >= 0")
         need(isinstance(self.dynamic_sampling_oversample, int) and self.dynamic_sampling_oversample >= 2,
              f"dynamic_sampling_oversample={self.dynamic_sampling_oversample!r}: must be an integer >= 2 (the "
              f"prompts drawn per prompt kept, so that dropped groups can be refilled)")

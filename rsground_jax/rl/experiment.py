@@ -30,8 +30,8 @@ from ..data.tokenizer import special_token_ids
 from ..errors import CheckpointError
 from ..eval.evaluate import evaluate_over_hosts, write_predictions
 from ..models.model_dir import load_model, missing_parts, read_prompt_spec, resolve, save_model_dir
-from ..train.experiment import (DTYPES, check_output, checkpointed_steps, config_mesh, gather_and_report,
-                                stage_checkpoints, stage_data, stage_intervals, tokenizer_from)
+from ..train.experiment import (DTYPES, check_output, checkpointed_steps, config_mesh, gather_whole,
+                                stage_checkpoints, stage_data, stage_intervals, tokenizer_from, write_report)
 from ..train.loop import CheckpointMismatchError, LoopConfig
 from ..train.optim import OptimConfig, make_optimizer, schedule
 from ..workdir import claim
@@ -109,6 +109,7 @@ class GRPOStage:
     log_every: int = 10
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
+    answer_style: str = "cot"  # the SFT targets' style (`data.pipeline.ANSWER_STYLES`), for grpo.sft_coef's anchor
 
     @classmethod
     def from_config(cls, st, cfg, index: int) -> "GRPOStage":
@@ -124,7 +125,8 @@ class GRPOStage:
                    coherence_min_weight=float(coherence.get("min_weight", 0.5)),
                    warmup_steps=int(st.get("warmup_steps", 0)), end_lr_fraction=float(st.get("end_lr_fraction", 0.0)),
                    freeze_vision=bool(st.get("freeze_vision", False)), clip_norm=st.get("clip_norm", 1.0),
-                   accum_steps=int(st.get("accum_steps", 1)), seed=int(st.get("seed", cfg.seed + index)), **intervals)
+                   accum_steps=int(st.get("accum_steps", 1)), seed=int(st.get("seed", cfg.seed + index)),
+                   answer_style=cfg.get("answer_style", "cot"), **intervals)
 
     @property
     def mesh_rows(self) -> tuple[int, str]:
@@ -168,11 +170,13 @@ def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workd
 
 def grpo_pipeline(records, tok, proc, template, stage: GRPOStage):
     """The stage's prompt pipeline: prompts x G = batch_size completions a micro-batch (dynamic sampling draws
-    more); a prompt longer than max_prompt_length is refused here, before any training."""
+    more), with each prompt's SFT target when the SFT anchor is on; a prompt longer than max_prompt_length is
+    refused here, before any training."""
     hosts = jax.process_count()  # each host reads its shard of the prompts and feeds its rows
     return rl_pipeline(records, tok, proc, PipelineConfig(
         batch_size=prompts_per_micro_batch(stage) // hosts, length_buckets=(stage.max_prompt_length,), seed=stage.seed,
-        shard_index=jax.process_index(), shard_count=hosts), template=template)
+        shard_index=jax.process_index(), shard_count=hosts, rl_targets=stage.grpo.sft_coef > 0,
+        answer_style=stage.answer_style, cot_seed=stage.seed), template=template)
 
 
 def prompts_per_micro_batch(stage: GRPOStage) -> int:
@@ -204,6 +208,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
     mesh = _mesh(cfg, stage)
     spec = read_prompt_spec(init)
     template, proc, _ = prompt_from_spec(spec)
+    stage = dataclasses.replace(stage, answer_style=spec["answer_style"])  # the anchor's targets: as init learned
     tok = tokenizer_from(cfg.get("tokenizer") or init)
     model = load_model(init, compute_dtype=DTYPES[cfg.get("compute_dtype", "float32")], remat=cfg.get("remat", "none"))
     model.text.attention = cfg.get("attention", "xla")
@@ -231,6 +236,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
               "last": res.history[-1] if res.history else None}
     if res.preempted:
         return report
+    gather_whole(model)
     if cfg.eval_images:
         ev = evaluate_over_hosts(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
                                  max_new_tokens=g.max_new_tokens, length_buckets=(cfg.max_prompt_length,))
@@ -238,7 +244,7 @@ def _run(cfg, lock, *, progress: bool, resume: bool) -> dict:
         if jax.process_index() == 0:
             write_predictions(os.path.join(cfg.workdir, STAGE, "val_predictions.jsonl"), ev.predictions)
     print(json.dumps({k: report[k] for k in ("steps", "seconds", "last", "val") if k in report}), flush=True)
-    leader = gather_and_report(model, report, cfg.workdir)
+    leader = write_report(report, cfg.workdir)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
     elif cfg.output and leader:

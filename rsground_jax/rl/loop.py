@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ..sharding import batch_groups, param_shardings, place, state_shardings
 from ..train.loop import LoopConfig, LoopResult, PipelineData, mesh_step, micro_batches, run_loop
 from ..train.step import RLTrainState
-from .step import PROMPT_KEYS, GRPOStepConfig, make_grpo_step
+from .step import GRPOStepConfig, make_grpo_step
 
 
 def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step_cfg: GRPOStepConfig,
@@ -38,7 +38,7 @@ def run_grpo(model, ref_params, pipeline, tx: optax.GradientTransformation, step
     data = PipelineData(pipeline)
     tables = jax.tree.map(jnp.asarray, tables)
     groups = 1 if mesh is None else batch_groups(mesh)
-    next_inputs = micro_batches(data, model.config.vision, cfg.accum_steps, PROMPT_KEYS, step_cfg.grpo.num_generations,
+    next_inputs = micro_batches(data, model.config.vision, cfg.accum_steps, step_cfg.batch_keys, step_cfg.grpo.num_generations,
                                 groups=groups)
     if mesh is None:
         step = make_grpo_step(graphdef, tx, step_cfg)

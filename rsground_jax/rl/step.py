@@ -10,8 +10,9 @@
     log-probs     of the completions under the current policy (the old log-probs) and the frozen reference
                   policy, teacher-forced; each prompt and its image run through the model once, their keys and
                   values shared by the prompt's G completions (`completion_logprobs`)
-    update        `train.make_update` with the GRPO loss, `num_iterations` times on the same rollouts with the
-                  old log-probs fixed
+    update        `train.make_update` with the GRPO loss (plus `sft_coef` x the SFT anchor: the token-mean
+                  negative log-likelihood of each prompt's SFT target), `num_iterations` times on the same
+                  rollouts with the old log-probs fixed
 
 The batch is a stack of A prompt micro-batches (leading axis A): rollouts run per micro-batch (`lax.map`), the
 update scans the same micro-batches. The rollout key of step s is `fold_in(state.rng, s)`, so a resumed run
@@ -31,14 +32,16 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ..eval.metrics import box_area
 from ..generate.sampler import SamplingConfig, by_rows, generate_fn
 from ..models.qwen2_5_vl.text import KVCache
-from ..sharding import batch_mesh_axes
+from ..sharding import activation_layout, batch_mesh_axes
 from ..train.step import RLTrainState, make_update
 from .grpo import GRPOConfig, group_advantages, grpo_loss_terms, select_groups
 from .rewards import coherence_weights, reward_terms, weighted_reward
 
-# Prompt-batch keys the step reads (the pipeline's RL batch plus `vision` from `add_vision_inputs`).
+# Prompt-batch keys the step reads (the pipeline's RL batch plus `vision` from `add_vision_inputs`); with the SFT
+# anchor also each prompt's target (`PipelineConfig.rl_targets`).
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision", "gt_box_resized",
                "resized_hw", "sample_valid")
+TARGET_KEYS = ("target_ids", "target_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,11 @@ class GRPOStepConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     freeze_vision: bool = False
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The keys of the prompt batches the step takes."""
+        return PROMPT_KEYS + (TARGET_KEYS if self.grpo.sft_coef > 0 else ())
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -90,6 +98,14 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def sft_anchor_terms(model, prompt: dict, target_ids: jax.Array, target_mask: jax.Array, rows=None):
+    """The SFT anchor's (summed negative log-likelihood, token count) of each prompt's target `target_ids`
+    [P, T] (mask [P, T]) under `model` at temperature 1, teacher-forced after the prompt as a completion is."""
+    logp = completion_logprobs(model, prompt, target_ids, 1, 1.0, rows)
+    mask = target_mask.astype(jnp.float32)
+    return -jnp.sum(jnp.where(mask > 0, logp, 0.0)), mask.sum()
+
+
 def _completion_logits(model, cache, mask, pos, tokens, g: int, lp: int, rows=None):
     """Logits [P * G, T - 1] at completion positions 0 .. T - 2 against the prompt's cache repeated G times."""
     p, t = mask.shape[0], tokens.shape[1]
@@ -107,7 +123,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
 
     state: an `RLTrainState` (raw key data); ref_params: the frozen reference policy's parameters
     (ignored with beta 0); tables: `TokenBytes.tables()` as arrays; batch: prompt micro-batches [A, P, ...]
-    (`PROMPT_KEYS`). The state is donated.
+    (`cfg.batch_keys`). The state is donated.
 
     `shardings`: (the state's, the reference's or None, the batch's) from `rsground_jax.sharding`: the step runs
     over their mesh, the prompts (and so the rollouts, P x G rows) split over data x fsdp, the weights as the
@@ -128,7 +144,15 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
     def loss_fn(model, mb):
         logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature, rows)
         old = mb["old_logp"] if g_cfg.num_iterations > 1 else jax.lax.stop_gradient(logp)
-        return grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg, rows=mb["rows"])
+        total, count, aux = grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg,
+                                            rows=mb["rows"])
+        if g_cfg.sft_coef > 0:
+            nll, n = sft_anchor_terms(model, mb["prompt"], mb["target_ids"], mb["target_mask"], rows)
+            # scaled by the GRPO term's count, so loss = sum / count adds sft_coef x the anchor's token mean
+            # (exactly with one micro-batch, or micro-batches of equal counts)
+            total = total + g_cfg.sft_coef * count * nll / jnp.maximum(n, 1.0)
+            aux["sft_nll"] = (nll, n)
+        return total, count, aux
 
     update = make_update(graphdef, tx, loss_fn, freeze_vision=cfg.freeze_vision,
                          param_shardings=None if shardings is None else shardings[0].params)
@@ -174,10 +198,13 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
 
         micro = {"prompt": prompts, "tokens": tokens, "mask": mask, "advantages": advantages.reshape(A, P * G),
                  "rows": jnp.repeat(keep, G).reshape(A, P * G)}
+        if g_cfg.sft_coef > 0:
+            micro.update(target_ids=batch["target_ids"], target_mask=batch["target_mask"])
         if g_cfg.num_iterations > 1 or g_cfg.beta > 0:
             def forward(params, args):
                 prompt, toks = args
-                return completion_logprobs(nnx.merge(graphdef, params), prompt, toks, G, g_cfg.temperature, rows)
+                with activation_layout(None if rows is None else rows[0]):
+                    return completion_logprobs(nnx.merge(graphdef, params), prompt, toks, G, g_cfg.temperature, rows)
             if g_cfg.num_iterations > 1:
                 micro["old_logp"] = jax.lax.map(lambda a: forward(state.params, a), (prompts, tokens))
             if g_cfg.beta > 0:

@@ -378,6 +378,8 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
         train, val = stage_records(cfg, i)
         row = stage.run(StageRun(cfg, model, tok, proc, template, train, val, os.path.join(cfg.workdir, stage.name),
                                  resume, progress, mesh))
+        if i == len(stages) - 1 and not row.get("preempted"):
+            gather_whole(model)
         if cfg.eval_images and getattr(stage, "validates", True) and not row.get("preempted"):
             ev = evaluate_over_hosts(model, val[: cfg.eval_images], tok, proc, template=template, batch_size=32,
                                      max_new_tokens=cfg.get("max_new_tokens", 24), length_buckets=(cfg.length_bucket,))
@@ -391,7 +393,7 @@ def _run_stages(cfg, lock, *, progress: bool, resume: bool, source: str) -> dict
             report["preempted"] = True
             return report
     report["wall_seconds"] = round(time.time() - t0, 1)
-    leader = gather_and_report(model, report, cfg.workdir)
+    leader = write_report(report, cfg.workdir)
     if export_done:
         print(f"{cfg.output} already holds this run's export", flush=True)
     elif cfg.output and leader:
@@ -418,13 +420,17 @@ def config_mesh(cfg, source: str = "config"):
     return mesh
 
 
-def gather_and_report(model, report: dict, workdir: str) -> bool:
-    """Gather a model split over hosts whole onto every host, then write `<workdir>/report.json` on process 0.
-    Returns True on process 0, which also writes the export."""
+def gather_whole(model) -> None:
+    """A model split over hosts made whole on every host (a collective), once, after its last training: the final
+    evaluation (`evaluate_over_hosts` then needs no gather of its own) and the export read this copy."""
     if jax.process_count() > 1:
         from ..distributed import gather_to_host
 
         nnx.update(model, gather_to_host(nnx.state(model, nnx.Param)))
+
+
+def write_report(report: dict, workdir: str) -> bool:
+    """`<workdir>/report.json`, written by process 0. Returns True on process 0, which also writes the export."""
     if jax.process_index() != 0:
         return False
     atomic_write_json(os.path.join(workdir, "report.json"), report, indent=2, default=str)

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ..sharding import activation_layout
 from .losses import LOSSES, LossFn
 
 # Batch keys the step consumes (the pipeline's batch has more, for evaluation and logging).
@@ -62,15 +63,18 @@ def make_update(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, *, 
     `freeze_vision` stops gradients at the vision tower, so its backward pass is not computed at all (pair it
     with `OptimConfig(freeze_vision=True)`, which keeps its parameters fixed).
     `param_shardings`: the parameters' shardings over a mesh; the gradients and their accumulator are
-    constrained to them, so no device holds a whole gradient whatever the partitioner would have chosen.
+    constrained to them, so no device holds a whole gradient whatever the partitioner would have chosen, and
+    the model's activations to the rules' layout (`sharding.activation_layout`).
     """
     constrain = ((lambda g: jax.tree.map(jax.lax.with_sharding_constraint, g, param_shardings))
                  if param_shardings is not None else (lambda g: g))
+    mesh = jax.tree.leaves(param_shardings)[0].mesh if param_shardings is not None else None
 
     def micro_loss(params, mb):
         if freeze_vision:
             params = {**params, "vision": jax.lax.stop_gradient(params["vision"])}
-        loss_sum, count, aux = loss_fn(nnx.merge(graphdef, params), mb)
+        with activation_layout(mesh):  # the model's activations pinned by the rules (traced here)
+            loss_sum, count, aux = loss_fn(nnx.merge(graphdef, params), mb)
         return loss_sum, (count, aux)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)

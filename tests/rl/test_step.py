@@ -93,3 +93,48 @@ def test_iterations_reuse_one_rollout_batch_and_a_non_finite_step_is_skipped(set
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, (state.params, state.opt_state)))
     state, m = step(state, ref, table, batch)
     assert int(m["skipped"]) == 0 and int(state.skipped_in_row) == 0
+
+
+def test_sft_anchor_is_the_sft_loss_of_each_prompts_target(tmp_path):
+    """GRPO's SFT anchor (`grpo.sft_coef`): the RL pipeline's targets are the SFT pipeline's target tokens for the
+    same records, their teacher-forced negative log-likelihood after the prompt's cache equals SFT's cross-entropy
+    on the joined sequence, and with rewards that carry no signal (one weight 0, so every advantage is 0) and no
+    KL the step's loss is sft_coef times that token mean."""
+    from rsground_jax.data.pipeline import sft_pipeline
+    from rsground_jax.rl.step import sft_anchor_terms
+    from rsground_jax.train.losses import sft_cross_entropy
+
+    generate_dataset(tmp_path / "d", 4, seed=11, config=PRESETS["tiny"])
+    records = load_split(tmp_path / "d", "train")[:3]
+    tok = load_small_tokenizer()
+    model = Qwen25VL(tiny_for(tok, text_layers=1, vision_depth=1), rngs=nnx.Rngs(int(np.random.default_rng().integers(1000))))
+    proc, template = ImageProcessor(max_pixels=56 * 56), ChatTemplate(system=None, question=DEFAULT_QUESTION)
+    common = dict(batch_size=3, shuffle=False, answer_style="brief_cot", cot_seed=4)
+    rl = next(iter(rl_pipeline(records, tok, proc, PipelineConfig(length_buckets=(96,), rl_targets=True, **common),
+                               template=template)))
+    sft = next(iter(sft_pipeline(records, tok, proc, PipelineConfig(length_buckets=(160,), **common), template=template)))
+    for b in range(3):
+        np.testing.assert_array_equal(rl["target_ids"][b][rl["target_mask"][b] > 0], sft["input_ids"][b][sft["loss_mask"][b] > 0])
+
+    nw, fs = static_vision_sizes(np.asarray(rl["image_grid_thw"]), model.config.vision, 3, rl["pixel_values"].shape[0])
+    rl = add_vision_inputs(rl, model.config.vision, num_windows=nw, frame_slots=fs)
+    sft = add_vision_inputs(sft, model.config.vision, num_windows=nw, frame_slots=fs)
+    prompt = {k: jax.tree.map(jnp.asarray, rl[k]) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
+    nll, n = sft_anchor_terms(model, prompt, jnp.asarray(rl["target_ids"]), jnp.asarray(rl["target_mask"]))
+    logits, _ = model.forward(*(jnp.asarray(sft[k]) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")), sft["vision"])
+    want, want_n = sft_cross_entropy(logits, jnp.asarray(sft["input_ids"]), jnp.asarray(sft["loss_mask"]))
+    assert float(n) == float(want_n) > 0
+    np.testing.assert_allclose(float(nll), float(want), rtol=2e-5)
+
+    sp = special_token_ids(tok)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=10))
+    cfg = GRPOStepConfig(grpo=GRPOConfig(num_generations=G, max_new_tokens=8, beta=0.0, sft_coef=0.5),
+                         rewards=(("format", 0.0),), eos_ids=(sp.im_end,), pad_id=sp.pad)
+    assert cfg.batch_keys[-2:] == ("target_ids", "target_mask")
+    state = RLTrainState.create(params, tx, rng=jax.random.key_data(jax.random.key(0)))
+    table = jax.tree.map(jnp.asarray, TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables())
+    _, m = make_grpo_step(graphdef, tx, cfg)(state, None, table, stack_micro_batches([rl], cfg.batch_keys))
+    assert float(m["advantage_std"]) == 0.0
+    np.testing.assert_allclose(float(m["sft_nll"]), float(want / want_n), rtol=2e-5)
+    np.testing.assert_allclose(float(m["loss"]), 0.5 * float(want / want_n), rtol=2e-5)

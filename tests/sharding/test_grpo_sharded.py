@@ -89,7 +89,10 @@ for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
     p_sh = sharding.param_shardings(params, mesh)
     placed = sharding.place(params, p_sh)
     m_sh = sharding.batch_shardings(micro, mesh, micro=False)
-    fn = jax.jit(value_and_grad, in_shardings=(p_sh, m_sh), out_shardings=(NamedSharding(mesh, PartitionSpec()), p_sh))
+    def pinned(p, mb, mesh=mesh):  # the activations pinned by the rules, as the GRPO step pins them
+        with sharding.activation_layout(mesh):
+            return value_and_grad(p, mb)
+    fn = jax.jit(pinned, in_shardings=(p_sh, m_sh), out_shardings=(NamedSharding(mesh, PartitionSpec()), p_sh))
     loss, grads = fn(placed, sharding.place(micro, m_sh))
     # relative to each gradient's own scale, floored at a thousandth of the largest: a parameter whose
     # gradient all but cancels would otherwise compare float32 rounding with nothing

@@ -6,11 +6,35 @@ k key/value heads, g query heads per kv head (n = k * g), h head dim, f MLP widt
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 NEG_INF = -1e30  # finite, so a fully masked row (padding) gives a uniform, not NaN, softmax
+
+# How activations are pinned while a program is traced: `(array, logical_axes) -> array`, set by
+# `sharding.activation_layout(mesh)` around the traced code; None (one device, or no mesh given) leaves them
+# to the partitioner. The model names logical axes only; the mesh and rules stay in `sharding`.
+_ACTIVATION_LAYOUT: contextvars.ContextVar = contextvars.ContextVar("activation_layout", default=None)
+
+
+@contextlib.contextmanager
+def activation_layout(pin):
+    """Within this block, `constrain(x, axes)` calls `pin(x, axes)` (None: no pinning)."""
+    token = _ACTIVATION_LAYOUT.set(pin)
+    try:
+        yield
+    finally:
+        _ACTIVATION_LAYOUT.reset(token)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """`x` pinned to the layout its logical `axes` get under the active `activation_layout`; `x` itself outside."""
+    pin = _ACTIVATION_LAYOUT.get()
+    return x if pin is None else pin(x, axes)
 
 
 def param(rngs: nnx.Rngs | None, shape, axes: tuple[str | None, ...], dtype, init: str = "normal", std: float = 0.02):

@@ -16,6 +16,7 @@ from flax import nnx
 
 from .config import Qwen25VLConfig
 from .inputs import prepare_inputs
+from .layers import constrain
 from .text import KVCache, TextDecoder
 from .vision import VisionTower
 
@@ -65,16 +66,19 @@ class Qwen25VL(nnx.Module):
             # grouped ([groups, P_g, patch_dim], `inputs.group_vision_inputs`): each group's rows take its own
             # images, so a device whose rows are one group runs the tower over its images only
             images = jax.vmap(self.encode_images)(pixel_values, vision)  # [groups, P_g / 4, hidden]
+            images = constrain(images, ("batch", None, "act_embed"))  # a group per batch shard, width whole
             groups = images.shape[0]
             flat = is_image.reshape(groups, -1)
             order = jnp.clip(jnp.cumsum(flat, -1) - 1, 0, images.shape[1] - 1)
             picked = jnp.take_along_axis(images, order[..., None], axis=1).reshape(*input_ids.shape, -1)
-            return jnp.where(is_image[..., None], picked.astype(x.dtype), x)
-        images = self.encode_images(pixel_values, vision)
+            return constrain(jnp.where(is_image[..., None], picked.astype(x.dtype), x), ("batch", "seq", "act_embed"))
+        # the batch's images packed as one: every device holds all of them, whole in width (the tower's output
+        # layer splits its width over fsdp, and rows looked up from it would come out split so)
+        images = constrain(self.encode_images(pixel_values, vision), (None, "act_embed"))
         # k-th image token (in reading order over the batch) takes the k-th merged embedding
         order = jnp.cumsum(is_image.reshape(-1)) - 1
         order = jnp.clip(order, 0, images.shape[0] - 1).reshape(input_ids.shape)
-        return jnp.where(is_image[..., None], images[order].astype(x.dtype), x)
+        return constrain(jnp.where(is_image[..., None], images[order].astype(x.dtype), x), ("batch", "seq", "act_embed"))
 
     # ------------------------------------------------------------------------------------------- calls
 

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from .config import TextConfig
-from .layers import apply_rotary, grouped_attention, maybe_remat, param, rms_norm, silu_mul, swiglu
+from .layers import apply_rotary, constrain, grouped_attention, maybe_remat, param, rms_norm, silu_mul, swiglu
 
 UNROLL_LAYERS = 4  # decoders this shallow run their training/prefill forward as a Python loop over layers
 
@@ -117,7 +117,11 @@ class TextDecoder(nnx.Module):
             self.lm_head_dv = p((D, V), ("embed", "vocab"))
 
     def embed(self, input_ids: jax.Array, dtype) -> jax.Array:
-        return self.embed_vd[...].astype(dtype)[input_ids]
+        """[b, t] ids -> [b, t, d]. On a mesh the table is looked up whole over fsdp, as a layer's weights are
+        used: rows looked up from a table split on the model width would come out split on it, and reach the
+        batch's layout (and their gradient the table's) only through a full rematerialization."""
+        table = constrain(self.embed_vd[...], ("vocab", "act_embed")).astype(dtype)
+        return constrain(table[input_ids], ("batch", "seq", "act_embed"))
 
     def _stacked_params(self) -> dict[str, nnx.Param]:
         return {
@@ -203,8 +207,14 @@ class TextDecoder(nnx.Module):
         # [b, 1, 1, t, s]: causal in slot order, keys restricted to real tokens
         mask = (k_pos[None, :] <= q_pos[:, None])[None, None, None] & key_valid[:, None, None, None, :]
 
+        # activation layouts (`layers.constrain`; a no-op unless a sharded step pins them): rows split like the
+        # batch, heads and MLP features like their weights, so XLA never infers a layout that moves them
+        resid = ("batch", "seq", "act_embed")
+        heads, kv_heads = ("batch", "seq", "act_heads", None), ("batch", "seq", "act_kv_heads", None)
+
         def layer(h, lp, kv=None):
             dt = h.dtype
+            h = constrain(h, resid)
             a = rms_norm(h, lp["attn_norm"], cfg.rms_norm_eps)
             if "qkv_dx" in lp:  # `layer_params()`: q, k, v from one fused matmul
                 qkv = a @ lp["qkv_dx"].astype(dt) + lp["qkv_bias_x"].astype(dt)
@@ -216,8 +226,9 @@ class TextDecoder(nnx.Module):
                 q = jnp.einsum("btd,dnh->btnh", a, lp["q"].astype(dt)) + lp["q_bias"].astype(dt)
                 k = jnp.einsum("btd,dkh->btkh", a, lp["k"].astype(dt)) + lp["k_bias"].astype(dt)
                 v = jnp.einsum("btd,dkh->btkh", a, lp["v"].astype(dt)) + lp["v_bias"].astype(dt)
-            q = apply_rotary(q, cos, sin)
-            k = apply_rotary(k, cos, sin)
+            q = constrain(apply_rotary(q, cos, sin), heads)
+            k = constrain(apply_rotary(k, cos, sin), kv_heads)
+            v = constrain(v, kv_heads)
             layout = "bskh"
             if kv is not None:
                 # write the new keys/values into this layer's cache in place (the cache is a loop carry, so no
@@ -244,14 +255,14 @@ class TextDecoder(nnx.Module):
                 qg = q.reshape(b, t, cfg.num_key_value_heads, cfg.num_kv_groups, cfg.head_dim)
                 o = grouped_attention(qg, k, v, mask, cfg.head_dim**-0.5, layout)
                 o = o.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
-            h = h + jnp.einsum("btnh,nhd->btd", o, lp["o"].astype(dt))
+            h = constrain(h + jnp.einsum("btnh,nhd->btd", constrain(o, heads), lp["o"].astype(dt)), resid)
             m = rms_norm(h, lp["mlp_norm"], cfg.rms_norm_eps)
             if "gate_up_dx" in lp:
                 gate, up = jnp.split(m @ lp["gate_up_dx"].astype(dt), 2, axis=-1)
                 h = h + silu_mul(gate, up) @ lp["down"].astype(dt)
             else:
                 h = h + swiglu(m, lp["gate"], lp["up"], lp["down"])
-            return h, kv
+            return constrain(h, resid), kv
 
         stacked = self._stacked() if layers is None else None
         if cache is None:
