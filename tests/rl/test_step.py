@@ -102,7 +102,8 @@ def test_sft_anchor_is_the_sft_loss_of_each_prompts_target(tmp_path):
     KL the step's loss is sft_coef times that token mean."""
     from rsground_jax.data.pipeline import sft_pipeline
     from rsground_jax.rl.step import sft_anchor_terms
-    from rsground_jax.train.losses import sft_cross_entropy
+    from rsground_jax.train.losses import LOSSES
+    from rsground_jax.train.step import MODEL_KEYS
 
     generate_dataset(tmp_path / "d", 4, seed=11, config=PRESETS["tiny"])
     records = load_split(tmp_path / "d", "train")[:3]
@@ -120,16 +121,15 @@ def test_sft_anchor_is_the_sft_loss_of_each_prompts_target(tmp_path):
     rl = add_vision_inputs(rl, model.config.vision, num_windows=nw, frame_slots=fs)
     sft = add_vision_inputs(sft, model.config.vision, num_windows=nw, frame_slots=fs)
     prompt = {k: jax.tree.map(jnp.asarray, rl[k]) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "vision")}
-    nll, n = sft_anchor_terms(model, prompt, jnp.asarray(rl["target_ids"]), jnp.asarray(rl["target_mask"]))
-    logits, _ = model.forward(*(jnp.asarray(sft[k]) for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")), sft["vision"])
-    want, want_n = sft_cross_entropy(logits, jnp.asarray(sft["input_ids"]), jnp.asarray(sft["loss_mask"]))
+    nll, n = nnx.jit(sft_anchor_terms)(model, prompt, jnp.asarray(rl["target_ids"]), jnp.asarray(rl["target_mask"]))
+    want, want_n, _ = nnx.jit(LOSSES["sft_ce"])(model, jax.tree.map(jnp.asarray, {k: sft[k] for k in MODEL_KEYS + ("vision",)}))
     assert float(n) == float(want_n) > 0
     np.testing.assert_allclose(float(nll), float(want), rtol=2e-5)
 
     sp = special_token_ids(tok)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=10))
-    cfg = GRPOStepConfig(grpo=GRPOConfig(num_generations=G, max_new_tokens=8, beta=0.0, sft_coef=0.5),
+    cfg = GRPOStepConfig(grpo=GRPOConfig(num_generations=2, max_new_tokens=4, beta=0.0, sft_coef=0.5),
                          rewards=(("format", 0.0),), eos_ids=(sp.im_end,), pad_id=sp.pad)
     assert cfg.batch_keys[-2:] == ("target_ids", "target_mask")
     state = RLTrainState.create(params, tx, rng=jax.random.key_data(jax.random.key(0)))
