@@ -68,5 +68,10 @@ def get_config():
         dict(name="diou", label="DIoU reward (published)", rung=False, set=dict(rewards=dict(format=0.25, diou=1.0))),
         dict(name="gaussian", label="Gaussian point reward (published)", rung=False,
              set=dict(rewards=dict(format=0.25, gaussian=1.0))),
+        # the SFT anchor (docs/method.md): the key rung with it, and its control, the anchor with no reward signal
+        dict(name="consistency_anchor02", label="positional + consistency + SFT anchor 0.2", rung=False,
+             set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2}),
+        dict(name="anchor02_only", label="SFT anchor 0.2 alone, no reward (control)", rung=False,
+             set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2}),
     ]
     return c
