@@ -164,11 +164,16 @@ def decode_placement(mesh: Mesh, rules=DECODE_RULES):
     to its `DECODE_RULES` layout on `mesh`; q/k/v and gate/up are fused only where the tensor axis is 1 (fused
     along their output axis, tensor-split weights would move between devices). `mesh` has Auto axes, as the
     sampler's rows and `make_mesh` give it."""
+    return mesh.shape.get("tensor", 1) == 1, _pinner(mesh, rules)
 
-    def place(x, axes):
+
+def _pinner(mesh: Mesh, rules):
+    """`pin(array, logical_axes) -> array`: a sharding constraint to the layout `rules` give those axes on `mesh`."""
+
+    def pin(x, axes):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape, mesh, rules)))
 
-    return mesh.shape.get("tensor", 1) == 1, place
+    return pin
 
 
 def activation_layout(mesh: Mesh | None, rules=RULES):
@@ -176,13 +181,7 @@ def activation_layout(mesh: Mesh | None, rules=RULES):
     `mesh` (`layers.constrain`); enter it inside the traced function (a jitted step's body). None: no pinning."""
     from .models.qwen2_5_vl.layers import activation_layout as layout
 
-    if mesh is None:
-        return layout(None)
-
-    def pin(x, axes):
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape, mesh, rules)))
-
-    return layout(pin)
+    return layout(None if mesh is None else _pinner(mesh, rules))
 
 
 def _is_param(x) -> bool:
