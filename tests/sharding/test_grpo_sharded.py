@@ -1,4 +1,4 @@
-"""The GRPO loss and gradients and the sampler's greedy tokens over a (data, fsdp, tensor) mesh of 8 fake CPU
+"""The GRPO loss and gradients and the sampler's greedy tokens over (data, fsdp, tensor) meshes of 8 fake CPU
 devices equal the unsharded computation, and a decoded token moves no weights between devices."""
 
 import pytest
@@ -84,7 +84,8 @@ def grpo_loss(p, mb):
 value_and_grad = jax.value_and_grad(grpo_loss)
 ref_loss, ref_grads = jax.jit(value_and_grad)(params, micro)
 results = {}
-for sizes in ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)):
+# data parallelism alone is the SFT test's (8, 1, 1); here it is part of (2, 2, 2)
+for sizes in ((1, 8, 1), (2, 2, 2), (1, 2, 4)):
     mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, sizes)))
     p_sh = sharding.param_shardings(params, mesh)
     placed = sharding.place(params, p_sh)
@@ -115,8 +116,8 @@ print("RESULT " + json.dumps(results))
 
 
 @pytest.mark.slow
-def test_grpo_loss_and_greedy_rollouts_over_four_meshes_equal_one_device():
-    """Over the same four meshes, with the packaged base's weights placed by the rules table and the batch
+def test_grpo_loss_and_greedy_rollouts_over_three_meshes_equal_one_device():
+    """Over (1, 8, 1), (2, 2, 2) and (1, 2, 4), with the packaged base's weights placed by the rules table and the batch
     split over data x fsdp: the GRPO loss (clipped surrogate + k3 KL, teacher-forced log-probs of G = 2
     completions per prompt from one shared prefill) and its gradients equal the one-device computation, and
     the sampler's greedy tokens are the same tokens."""
@@ -130,6 +131,6 @@ def test_grpo_loss_and_greedy_rollouts_over_four_meshes_equal_one_device():
     # would gather every layer for every token), and nothing is resharded between devices. What remains is
     # tensor parallelism's all-reduces (attention output and MLP down projection of each of the 2 layers, the
     # embedding lookup and the vocabulary-split sampling); without a tensor axis, nothing at all.
-    assert results["(8, 1, 1)"]["decode"] == results["(1, 8, 1)"]["decode"] == {}, results
+    assert results["(1, 8, 1)"]["decode"] == {}, results
     for mesh in ("(2, 2, 2)", "(1, 2, 4)"):
         assert set(results[mesh]["decode"]) == {"all-reduce"} and results[mesh]["decode"]["all-reduce"] <= 8, results
