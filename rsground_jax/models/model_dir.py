@@ -98,9 +98,9 @@ def save_model_dir(model, path, *, tokenizer=None, prompt_spec: dict | None = No
                    side_files_from=None, to: str = "hf", dtype=None, max_shard_size: int = 5 * 2**30) -> None:
     """Write a complete model directory at `path` (missing or empty) in one rename.
 
-    `to` is "hf" (safetensors) or "orbax"; `tokenizer` a tokenizer to save (`TextTokenizer` or transformers'); `side_files_from` a
-    model directory whose tokenizer, prompt and recipe files (`SIDE_FILES`) are copied first, so explicit
-    `prompt_spec` and `recipe` take precedence.
+    `to` is "hf" (safetensors) or "orbax"; `tokenizer` a tokenizer to save (a `TextTokenizer` or transformers');
+    `side_files_from` a model directory whose tokenizer, prompt and recipe files (`SIDE_FILES`) are copied
+    first, so explicit `prompt_spec` and `recipe` take precedence.
     """
     from .qwen2_5_vl.checkpoint import write_checkpoint_files
     from .qwen2_5_vl.orbax_io import write_orbax_files
