@@ -159,7 +159,8 @@ class TextTokenizer:
         """{"input_ids": ids} of one text, or a list of them for a list of texts."""
         if isinstance(texts, str):
             return {"input_ids": self.encode(texts, add_special_tokens=add_special_tokens)}
-        return {"input_ids": [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]}
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in encodings]}
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids

@@ -183,5 +183,6 @@ def test_text_tokenizer_saves_a_folder_transformers_loads(tmp_path, small_tokeni
 
     small_tokenizer.save_pretrained(tmp_path / "tok")
     again = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    assert again.encode(ANSWER) == small_tokenizer.encode(ANSWER) and again.all_special_ids == small_tokenizer.all_special_ids
+    assert again.encode(ANSWER) == small_tokenizer.encode(ANSWER)
+    assert again.all_special_ids == small_tokenizer.all_special_ids
     assert load_tokenizer(str(tmp_path / "tok")).get_vocab() == small_tokenizer.get_vocab()

@@ -117,8 +117,8 @@ print("RESULT " + json.dumps(results))
 
 @pytest.mark.slow
 def test_grpo_loss_and_greedy_rollouts_over_three_meshes_equal_one_device():
-    """Over (1, 8, 1), (2, 2, 2) and (1, 2, 4), with the packaged base's weights placed by the rules table and the batch
-    split over data x fsdp: the GRPO loss (clipped surrogate + k3 KL, teacher-forced log-probs of G = 2
+    """Over (1, 8, 1), (2, 2, 2) and (1, 2, 4), with the packaged base's weights placed by the rules table and
+    the batch split over data x fsdp: the GRPO loss (clipped surrogate + k3 KL, teacher-forced log-probs of G = 2
     completions per prompt from one shared prefill) and its gradients equal the one-device computation, and
     the sampler's greedy tokens are the same tokens."""
     results = run_child(_GRPO_CHILD)
