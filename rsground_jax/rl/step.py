@@ -71,8 +71,18 @@ class GRPOStepConfig:
                               top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id, greedy_rows=g.greedy_rollouts)
 
 
+def prompt_prefill(model, prompt: dict, length: int):
+    """The prompt's pass through the model (left-padded, [P, L], image included): the logits [P, 1, V] of the
+    first token after it, and the key/value cache it wrote, with room for `length` tokens after the prompt."""
+    ids, mask, pos = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
+    p, lp = ids.shape
+    cache = KVCache.init(model.config.text, p, lp + length, model.dtype)
+    return model.forward(ids, mask, pos, prompt["pixel_values"], prompt["vision"], cache=cache, cache_index=0,
+                         logits_slice=slice(-1, None))
+
+
 def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations: int, temperature: float,
-                        rows=None):
+                        rows=None, prefill=None):
     """Teacher-forced log-probabilities [P * G, T] of completions `tokens` [P * G, T] (row p * G + g follows
     prompt p) under `model`, at the sampling temperature (without top-k/top-p: the policy's own distribution).
 
@@ -82,14 +92,14 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
     and the prompt's share of the compute, forward and backward, falls G-fold: with a 900-token image prompt
     and 256-token completions that is most of the step. `rows`: (mesh, mesh axes) the rows are split over, so
     the repeated cache and the [P * G, T, vocab] logits stay split (`generate_fn`'s argument of that name).
+    `prefill`: `prompt_prefill(model, prompt, n)` with n >= T, where the caller already ran it (the SFT anchor
+    shares it); the cache's slots past the completion stay empty and masked.
     """
     g = num_generations
-    ids, mask, pos = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
-    p, lp = ids.shape
+    mask, pos = prompt["attention_mask"], prompt["position_ids"]
+    lp = mask.shape[1]
     t = tokens.shape[1]
-    cache = KVCache.init(model.config.text, p, lp + t, model.dtype)
-    first, cache = model.forward(ids, mask, pos, prompt["pixel_values"], prompt["vision"], cache=cache, cache_index=0,
-                                 logits_slice=slice(-1, None))  # [P, 1, V]: the first completion token's
+    first, cache = prompt_prefill(model, prompt, t) if prefill is None else prefill  # first: [P, 1, V]
     logits = jnp.repeat(first, g, axis=0)
     if t > 1:  # the completions' own tokens predict the rest
         logits = jnp.concatenate([logits, _completion_logits(model, cache, mask, pos, tokens, g, lp, rows)], axis=1)
@@ -98,10 +108,11 @@ def completion_logprobs(model, prompt: dict, tokens: jax.Array, num_generations:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def sft_anchor_terms(model, prompt: dict, target_ids: jax.Array, target_mask: jax.Array, rows=None):
+def sft_anchor_terms(model, prompt: dict, target_ids: jax.Array, target_mask: jax.Array, rows=None, prefill=None):
     """The SFT anchor's (summed negative log-likelihood, token count) of each prompt's target `target_ids`
-    [P, T] (mask [P, T]) under `model` at temperature 1, teacher-forced after the prompt as a completion is."""
-    logp = completion_logprobs(model, prompt, target_ids, 1, 1.0, rows)
+    [P, T] (mask [P, T]) under `model` at temperature 1, teacher-forced after the prompt as a completion is
+    (`prefill`: as `completion_logprobs` takes it)."""
+    logp = completion_logprobs(model, prompt, target_ids, 1, 1.0, rows, prefill)
     mask = target_mask.astype(jnp.float32)
     return -jnp.sum(jnp.where(mask > 0, logp, 0.0)), mask.sum()
 
@@ -142,12 +153,15 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOStepConf
         rows = (mesh, batch_mesh_axes(mesh))  # axes may be (): rows whole on every device, decode weights placed
 
     def loss_fn(model, mb):
-        logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature, rows)
+        prefill = None
+        if g_cfg.sft_coef > 0:  # one pass of the prompts (and their images) for the completions and the targets
+            prefill = prompt_prefill(model, mb["prompt"], max(mb["tokens"].shape[1], mb["target_ids"].shape[1]))
+        logp = completion_logprobs(model, mb["prompt"], mb["tokens"], G, g_cfg.temperature, rows, prefill)
         old = mb["old_logp"] if g_cfg.num_iterations > 1 else jax.lax.stop_gradient(logp)
         total, count, aux = grpo_loss_terms(logp, old, mb.get("ref_logp"), mb["advantages"], mb["mask"], g_cfg,
                                             rows=mb["rows"])
         if g_cfg.sft_coef > 0:
-            nll, n = sft_anchor_terms(model, mb["prompt"], mb["target_ids"], mb["target_mask"], rows)
+            nll, n = sft_anchor_terms(model, mb["prompt"], mb["target_ids"], mb["target_mask"], rows, prefill)
             # scaled by the GRPO term's count, so loss = sum / count adds sft_coef x the anchor's token mean
             # (exactly with one micro-batch, or micro-batches of equal counts)
             total = total + g_cfg.sft_coef * count * nll / jnp.maximum(n, 1.0)

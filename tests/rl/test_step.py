@@ -125,6 +125,14 @@ def test_sft_anchor_is_the_sft_loss_of_each_prompts_target(tmp_path):
     want, want_n, _ = nnx.jit(LOSSES["sft_ce"])(model, jax.tree.map(jnp.asarray, {k: sft[k] for k in MODEL_KEYS + ("vision",)}))
     assert float(n) == float(want_n) > 0
     np.testing.assert_allclose(float(nll), float(want), rtol=2e-5)
+    # the step runs one prefill for both, with room for the longer of completions and targets: the completions'
+    # log-probs against its longer cache (empty slots masked) are those against their own
+    from rsground_jax.rl.step import prompt_prefill
+    toks = jnp.asarray(np.random.default_rng().integers(0, len(tok), size=(6, 4)), jnp.int32)
+    own = nnx.jit(lambda m, p, t: completion_logprobs(m, p, t, 2, 0.7))(model, prompt, toks)
+    shared = nnx.jit(lambda m, p, t: completion_logprobs(m, p, t, 2, 0.7, prefill=prompt_prefill(m, p, 40)))(
+        model, prompt, toks)
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(own), rtol=1e-5, atol=1e-5)
 
     sp = special_token_ids(tok)
     graphdef, params = nnx.split(model, nnx.Param)
