@@ -120,7 +120,11 @@ class TextTokenizer:
     def __init__(self, backend, config: dict):
         self.backend = backend
         self.config = dict(config)
-        self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False))
+        # transformers 5 ignores the clean-up for BPE models (it would strip real spaces before punctuation)
+        # unless the config forces it; decoding must give what transformers gives for the same folder
+        forced = bool(self.config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"))
+        self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False)) and (
+            type(backend.model).__name__ != "BPE" or forced)
         named = [_token_text(self.config.get(a)) for a in self._SPECIAL_ATTRIBUTES]
         extra = self.config.get("extra_special_tokens", self.config.get("additional_special_tokens")) or []
         if isinstance(extra, dict):  # transformers 5 also writes named extras, {name: token}

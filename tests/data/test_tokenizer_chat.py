@@ -186,3 +186,32 @@ def test_text_tokenizer_saves_a_folder_transformers_loads(tmp_path, small_tokeni
     assert again.encode(ANSWER) == small_tokenizer.encode(ANSWER)
     assert again.all_special_ids == small_tokenizer.all_special_ids
     assert load_tokenizer(str(tmp_path / "tok")).get_vocab() == small_tokenizer.get_vocab()
+
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["bpe", "bpe-forced"])
+def test_text_tokenizer_cleans_up_spaces_as_transformers_does(tmp_path, small_tokenizer, rng, forced):
+    """A folder whose tokenizer_config.json asks for `clean_up_tokenization_spaces` (older releases do): decoding
+    gives what transformers' tokenizer of the same folder gives. transformers 5 ignores the request for a BPE
+    model (this one) unless the config forces it, and then drops the spaces before punctuation and contractions."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    config_file = tmp_path / "tok" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["clean_up_tokenization_spaces"] = True
+    if forced:
+        config["clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"] = True
+    config_file.write_text(json.dumps(config))
+    ours, ref = load_tokenizer(str(tmp_path / "tok")), AutoTokenizer.from_pretrained(tmp_path / "tok")
+    pieces = [" the", " ship", " .", " ,", " ?", " !", " 's", " n't", " 'm", " 've", " 're", " do", " not", "[", "]"]
+    cleaned = 0
+    for _ in range(40):
+        text = "".join(pieces[i] for i in rng.integers(0, len(pieces), size=int(rng.integers(1, 20))))
+        ids = ref.encode(text, add_special_tokens=False)
+        got = ours.decode(ids, skip_special_tokens=True)
+        assert got == ref.decode(ids, skip_special_tokens=True), text
+        cleaned += got != ref.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert (cleaned > 10) if forced else (cleaned == 0)  # the clean-up acted on these texts, or was ignored
