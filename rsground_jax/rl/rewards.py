@@ -256,6 +256,11 @@ def _positional(x: RewardInputs, **options) -> jax.Array:
     return jnp.where(x.has_box, positional_reward(x.pred, x.gt, x.image_hw, **options), 0.0)
 
 
+def _hit(x: RewardInputs, threshold: float = 0.5) -> jax.Array:
+    """1 where the box counts towards Pr@threshold (IoU > threshold, `eval.metrics.grounding_metrics`' test)."""
+    return jnp.where(x.has_box, box_iou(x.pred, x.gt, jnp)[0] > threshold, False).astype(jnp.float32)
+
+
 def _diou(x: RewardInputs) -> jax.Array:
     return jnp.where(x.has_box, box_diou(x.pred, x.gt, jnp), -1.0)
 
@@ -271,9 +276,10 @@ REWARDS: dict[str, Callable[..., jax.Array]] = {
     "positional": _positional,
     "diou": _diou,
     "gaussian": _gaussian,
+    "hit": _hit,
 }
 REWARD_RANGES = {"format": (0.0, 1.0), "iou": (0.0, 1.0), "giou": (-1.0, 1.0), "positional": (0.0, 1.0),
-                 "diou": (-1.0, 1.0), "gaussian": (0.0, 1.0)}
+                 "diou": (-1.0, 1.0), "gaussian": (0.0, 1.0), "hit": (0.0, 1.0)}
 
 
 class RewardConfigError(ValueError):

@@ -36,7 +36,8 @@ def test_every_term_stays_in_its_range_on_random_tokens_and_boxes(rng):
     tokens = rng.integers(0, len(tok), (n, T)).astype(np.int32)
     # half the rows hold a real answer (random numbers, some far outside the image), so every term is exercised
     for i in range(0, n, 2):
-        box = rng.integers(0, 3000, 4)
+        # a quarter near the target (so IoU > 0.5 occurs), a quarter anywhere
+        box = np.maximum(gt[i].astype(int) + rng.integers(-4, 5, 4), 0) if i % 4 else rng.integers(0, 3000, 4)
         ids = tok.encode(f"<think>a</think><answer>[{box[0]}, {box[1]}, {box[2]}, {box[3]}]</answer>",
                          add_special_tokens=False)
         tokens[i, : len(ids)] = ids
@@ -54,6 +55,9 @@ def test_every_term_stays_in_its_range_on_random_tokens_and_boxes(rng):
     np.testing.assert_allclose(iou[has], box_iou(np.asarray(parsed["pred"], np.float64)[has], gt[has].astype(np.float64))[0],
                                rtol=1e-5, atol=1e-6)  # the metric's IoU
     assert np.all(iou[~has] == 0) and np.all(np.asarray(terms["giou"])[~has] == -1)
+    # the hit term is what Pr@0.5 counts, answer by answer
+    np.testing.assert_array_equal(np.asarray(terms["hit"]), (iou > 0.5) & has)
+    assert 0 < np.asarray(terms["hit"]).sum() < has.sum()
 
 
 def test_positional_reward_properties(rng):
