@@ -73,5 +73,12 @@ def get_config():
              set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2}),
         dict(name="anchor02_only", label="SFT anchor 0.2 alone, no reward (control)", rung=False,
              set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2}),
+        # session 22's variants of the anchored rung (docs/method.md): more IoU in the positional reward, and a hit term
+        dict(name="consistency_anchor02_iou08", label="positional (IoU weight 0.8) + consistency + SFT anchor 0.2",
+             rung=False, set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2,
+                              "reward_options": {"positional": {"iou_weight": 0.8}}}),
+        dict(name="consistency_anchor02_iou08_hit", label="the same + hit reward 0.5 (IoU > 0.5)",
+             rung=False, set={"rewards": dict(REWARD_POSITIONAL, hit=0.5), "coherence": CONSISTENCY,
+                              "grpo.sft_coef": 0.2, "reward_options": {"positional": {"iou_weight": 0.8}}}),
     ]
     return c
