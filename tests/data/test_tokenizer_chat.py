@@ -188,7 +188,6 @@ def test_text_tokenizer_saves_a_folder_transformers_loads(tmp_path, small_tokeni
     assert load_tokenizer(str(tmp_path / "tok")).get_vocab() == small_tokenizer.get_vocab()
 
 
-
 @pytest.mark.parametrize("forced", [False, True], ids=["bpe", "bpe-forced"])
 def test_text_tokenizer_cleans_up_spaces_as_transformers_does(tmp_path, small_tokenizer, rng, forced):
     """A folder whose tokenizer_config.json asks for `clean_up_tokenization_spaces` (older releases do): decoding
