@@ -282,18 +282,37 @@ REWARD_RANGES = {"format": (0.0, 1.0), "iou": (0.0, 1.0), "giou": (-1.0, 1.0), "
                  "diou": (-1.0, 1.0), "gaussian": (0.0, 1.0), "hit": (0.0, 1.0)}
 
 
+_UNIT = (lambda v: v >= 0, lambda v: v <= 1, "in [0, 1]")
+_POSITIVE = (lambda v: v > 0, lambda v: v < float("inf"), "> 0")
+# each reward's options (`reward_options.<name>.<key>`) and what they may be
+REWARD_OPTIONS = {("positional", "iou_weight"): _UNIT, ("positional", "scale"): _POSITIVE,
+                  ("gaussian", "sigma_scale"): _POSITIVE, ("hit", "threshold"): _UNIT}
+
+
 class RewardConfigError(ValueError):
     pass
 
 
 def check_reward_weights(weights: dict, options: dict | None = None) -> None:
-    """A clear error for a reward name that is not in `REWARDS` or a weight that is not a number."""
+    """A clear error for a reward name that is not in `REWARDS`, a weight that is not a number, or an option
+    (`options`: {name: {key: value}}) that the term does not take or that is out of `REWARD_OPTIONS`' range."""
     for name in list(weights) + list(options or {}):
         if name not in REWARDS:
             raise RewardConfigError(f"reward {name!r} does not exist; known rewards: {sorted(REWARDS)}")
     for name, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w):
             raise RewardConfigError(f"reward weight {name}={w!r} must be a finite number")
+    for name, opts in (options or {}).items():  # checked here, not as a TypeError while the step is traced
+        if not isinstance(opts, dict):
+            raise RewardConfigError(f"reward_options.{name}={opts!r} must be a dict of options")
+        known = {key: bounds for (term, key), bounds in REWARD_OPTIONS.items() if term == name}
+        for key, value in dict(opts).items():
+            if key not in known:
+                raise RewardConfigError(f"reward_options.{name}.{key}: {name} takes no option {key!r}; its options: "
+                                        f"{sorted(known) or 'none'}")
+            lo, hi, text = known[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo(value) or not hi(value):
+                raise RewardConfigError(f"reward_options.{name}.{key}={value!r} must be a number {text}")
 
 
 def reward_terms(tokens, lengths, tables, gt, image_hw, weights: dict, options: dict | None = None):

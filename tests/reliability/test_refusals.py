@@ -214,6 +214,12 @@ CASES = {
                                            ["batch_size=6", "groups of grpo.num_generations=4", "multiple of 4"]),
     "grpo a reward that does not exist": (lambda d, w: [*GRPO, f"workdir={d / 'w'}", "rewards={'iuo': 1.0}"],
                                           ["reward 'iuo' does not exist", "positional"]),
+    "grpo a reward option that does not exist": (
+        lambda d, w: [*GRPO, f"workdir={d / 'w'}", "reward_options={'positional': {'iou_wieght': 0.8}}"],
+        ["reward_options.positional.iou_wieght", "its options: ['iou_weight', 'scale']"]),
+    "grpo a reward option out of range": (
+        lambda d, w: [*GRPO, f"workdir={d / 'w'}", "reward_options={'hit': {'threshold': 50}}"],
+        ["reward_options.hit.threshold=50", "in [0, 1]"]),
     "grpo a reference of another shape": (
         lambda d, w: [*GRPO, f"workdir={d / 'w'}", f"reference={_other_shape_model(d)}"],
         ["reference", "other", "has shape", "the reference must be the same model"]),

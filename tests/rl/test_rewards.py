@@ -191,3 +191,12 @@ def test_unknown_reward_is_refused():
         check_reward_weights({"iuo": 1.0})
     with pytest.raises(RewardConfigError, match="finite number"):
         check_reward_weights({"iou": "high"})
+    for options, words in (({"positional": {"iou_wieght": 0.8}}, "takes no option 'iou_wieght'"),
+                           ({"iou": {"scale": 0.1}}, "its options: none"),
+                           ({"positional": {"scale": 0}}, r"scale=0 must be a number > 0"),
+                           ({"hit": {"threshold": float("nan")}}, r"must be a number in \[0, 1\]"),
+                           ({"positional": 0.8}, "must be a dict")):
+        with pytest.raises(RewardConfigError, match=words):
+            check_reward_weights({"positional": 1.0}, options)
+    check_reward_weights({"positional": 1.0, "hit": 0.5}, {"positional": {"iou_weight": 0.8, "scale": 0.2},
+                                                         "hit": {"threshold": 0.7}, "gaussian": {"sigma_scale": 1.0}})
