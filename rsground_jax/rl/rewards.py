@@ -282,8 +282,8 @@ REWARD_RANGES = {"format": (0.0, 1.0), "iou": (0.0, 1.0), "giou": (-1.0, 1.0), "
                  "diou": (-1.0, 1.0), "gaussian": (0.0, 1.0), "hit": (0.0, 1.0)}
 
 
-_UNIT = (lambda v: v >= 0, lambda v: v <= 1, "in [0, 1]")
-_POSITIVE = (lambda v: v > 0, lambda v: v < float("inf"), "> 0")
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_POSITIVE = (lambda v: 0 < v < float("inf"), "> 0")
 # each reward's options (`reward_options.<name>.<key>`) and what they may be
 REWARD_OPTIONS = {("positional", "iou_weight"): _UNIT, ("positional", "scale"): _POSITIVE,
                   ("gaussian", "sigma_scale"): _POSITIVE, ("hit", "threshold"): _UNIT}
@@ -306,12 +306,12 @@ def check_reward_weights(weights: dict, options: dict | None = None) -> None:
         if not isinstance(opts, dict):
             raise RewardConfigError(f"reward_options.{name}={opts!r} must be a dict of options")
         known = {key: bounds for (term, key), bounds in REWARD_OPTIONS.items() if term == name}
-        for key, value in dict(opts).items():
+        for key, value in opts.items():
             if key not in known:
                 raise RewardConfigError(f"reward_options.{name}.{key}: {name} takes no option {key!r}; its options: "
                                         f"{sorted(known) or 'none'}")
-            lo, hi, text = known[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo(value) or not hi(value):
+            ok, text = known[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise RewardConfigError(f"reward_options.{name}.{key}={value!r} must be a number {text}")
 
 
