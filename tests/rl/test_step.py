@@ -18,7 +18,7 @@ from rsground_jax.generate import Sampler, SamplingConfig
 from rsground_jax.models import ImageProcessor, Qwen25VL
 from rsground_jax.models.qwen2_5_vl.inputs import add_vision_inputs, static_vision_sizes
 from rsground_jax.rl import GRPOConfig, TokenBytes
-from rsground_jax.rl.step import PROMPT_KEYS, GRPOStepConfig, completion_logprobs, make_grpo_step
+from rsground_jax.rl.step import PROMPT_KEYS, GRPOStepConfig, completion_logprobs, make_grpo_step, prompt_prefill
 from rsground_jax.train import OptimConfig, make_optimizer, stack_micro_batches
 from rsground_jax.train.experiment import tiny_for
 from rsground_jax.train.step import RLTrainState
@@ -127,7 +127,6 @@ def test_sft_anchor_is_the_sft_loss_of_each_prompts_target(tmp_path):
     np.testing.assert_allclose(float(nll), float(want), rtol=2e-5)
     # the step runs one prefill for both, with room for the longer of completions and targets: the completions'
     # log-probs against its longer cache (empty slots masked) are those against their own
-    from rsground_jax.rl.step import prompt_prefill
     toks = jnp.asarray(np.random.default_rng().integers(0, len(tok), size=(6, 4)), jnp.int32)
     own = nnx.jit(lambda m, p, t: completion_logprobs(m, p, t, 2, 0.7))(model, prompt, toks)
     shared = nnx.jit(lambda m, p, t: completion_logprobs(m, p, t, 2, 0.7, prefill=prompt_prefill(m, p, 40)))(
