@@ -147,6 +147,39 @@ def test_truncated_weights_file(tmp_path, hf_dir):
         load_pretrained(d)
 
 
+def _raw_safetensors(path, entries, data=b""):
+    header = json.dumps(entries).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"dtype": "F32", "shape": "2x3", "data_offsets": [0, 24]}, "corrupt header entry for tensor w"),
+    ({"dtype": "F32", "shape": [2, -3], "data_offsets": [0, 24]}, "corrupt header entry for tensor w"),
+    ({"dtype": "F32", "shape": [2, 3], "data_offsets": [24, 0]}, "corrupt header entry for tensor w"),
+    ({"dtype": "F32", "shape": [2, 3.5], "data_offsets": [0, 24]}, "corrupt header entry for tensor w"),
+    ({"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 24]}, r"tensor w holds 24 bytes, its shape \[2, 4\] needs 32"),
+    ({"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 24]}, r"tensor w holds 24 bytes, its shape \[2, 3\] needs 12"),
+])
+def test_corrupt_safetensors_header_entry_is_refused_when_opened(tmp_path, entry, problem):
+    """A header whose shape and byte range disagree is refused naming the file and the tensor, before any
+    tensor is read (not as a numpy error from a reshape)."""
+    path = _raw_safetensors(tmp_path / "model.safetensors", {"w": entry}, bytes(24))
+    with pytest.raises(CheckpointError, match=problem) as err:
+        SafetensorsFile(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_safetensors_reader_reads_what_safetensors_wrote(tmp_path, rng):
+    tensors = {"a": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.integers(-9, 9, (4,)).astype(np.int64),
+               "empty": np.zeros((0, 2), np.float16)}
+    save_file(tensors, tmp_path / "t.safetensors")
+    sf = SafetensorsFile(str(tmp_path / "t.safetensors"))
+    for name, want in tensors.items():
+        np.testing.assert_array_equal(sf.read(name), want)
+        assert sf.read(name).dtype == want.dtype
+
+
 def test_config_of_another_model(tmp_path, hf_dir):
     src, _ = hf_dir
     d = tmp_path / "llama"

@@ -69,6 +69,12 @@ class SafetensorsFile:
                 raise CheckpointError(f"{path}: corrupt header entry for tensor {name}: {e!r}") from None
             if dtype not in SAFETENSORS_DTYPES:
                 raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                    and type(begin) is int and type(end) is int and 0 <= begin <= end):
+                raise CheckpointError(f"{path}: corrupt header entry for tensor {name}: {e!r}")
+            need = int(np.prod(shape, dtype=np.int64)) * SAFETENSORS_DTYPES[dtype].itemsize
+            if end - begin != need:
+                raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, its shape {shape} needs {need}")
             if self.data_start + end > size:
                 raise CheckpointError(f"{path}: tensor {name} extends past the end of the file (truncated?)")
 
@@ -78,12 +84,9 @@ class SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         e = self.entries[name]
         dtype = SAFETENSORS_DTYPES[e["dtype"]]
-        out = np.empty(e["shape"], dtype)
-        begin, end = e["data_offsets"]
-        if end - begin != out.nbytes:
-            raise CheckpointError(f"{self.path}: tensor {name} holds {end - begin} bytes, its shape needs {out.nbytes}")
+        out = np.empty(e["shape"], dtype)  # offsets and shape agree: checked when the header was read
         with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
+            f.seek(self.data_start + e["data_offsets"][0])
             if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
                 raise CheckpointError(f"{self.path}: short read for tensor {name}")
         return out
