@@ -56,7 +56,7 @@ from ..eval.evaluate import evaluate_over_hosts, write_predictions
 from ..fileio import atomic_write_json, check_destination
 from ..models import ImageProcessor, Qwen25VL, load_pretrained
 from ..models.model_dir import BASE_MODEL_DIR, RECIPE, save_model_dir
-from ..models.qwen2_5_vl import CheckpointError, ConfigError, tiny
+from ..models.qwen2_5_vl import CheckpointError, ConfigError, Qwen25VLConfig, tiny
 from ..stopping import stop_requests
 from ..workdir import claim
 from .loop import CheckpointMismatchError, LoopConfig, WorkdirInUseError, checkpoint_location, run_sft
@@ -83,7 +83,7 @@ TINY_FIXED = {"vocab_size", "image_token_id", "vision_start_token_id", "vision_e
               "bos_token_id", "video_token_id", "pad_token_id"}
 
 
-def tiny_for(tokenizer, **options) -> "Qwen25VLConfig":  # noqa: F821
+def tiny_for(tokenizer, **options) -> Qwen25VLConfig:
     """The tiny preset with the tokenizer's vocabulary and special ids; `options` go to `tiny()`
     (text_layers, vision_depth, rope_theta, mrope_section, tie_word_embeddings)."""
     known = set(inspect.signature(tiny).parameters) - TINY_FIXED
