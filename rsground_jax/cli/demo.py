@@ -28,7 +28,7 @@ SETTINGS = ("num_images", "steps", "batch_size", "lr", "seed", "cot", "base", "t
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synthetic data -> base model -> CoT-SFT -> evaluation, on the CPU",
+    p = sub.add_parser("demo", help="synthetic data -> base model -> CoT-SFT -> GRPO -> evaluation, on the CPU",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/demo",
                    help="where data, checkpoints and results go; run again with the same settings to continue a "
