@@ -5,7 +5,8 @@ variant's GRPO from it with everything else equal. Every run lives in its own fo
 (`seed<k>/cot_sft`, `seed<k>/<variant>`) with the commands' own checkpoints, so a stopped ablation resumes
 where it stopped: finished runs and their scores are read back, an interrupted one continues from its latest
 checkpoint. Scores: greedy decoding on the test expressions whose target shares its category with another
-object, overall (Pr@0.5, Pr@0.7, meanIoU) and Pr@0.5 by cue; from training, the share of rollouts with no
+object (of the benchmark's test split, or of a fresh synthetic test set: `test_data`), overall (Pr@0.5, Pr@0.7,
+meanIoU) and Pr@0.5 by cue; from training, the share of rollouts with no
 overlap (no box, or a box off the target: where IoU gives no signal). Writes ablation.md, ablation.json and
 ablation.png (training reward, rollout Pr@0.5 and KL per variant, averaged over seeds).
 """
@@ -45,6 +46,16 @@ def check_ablation_config(cfg, source: str = "config") -> None:
             raise ConfigError(f"{source}: config key {key} is missing")
     if cfg.data.get("preset") not in PRESETS:
         raise ConfigError(f"{source}: data.preset must be one of {sorted(PRESETS)}, got {cfg.data.get('preset')!r}")
+    fresh = cfg.get("test_data")
+    if fresh is not None:
+        n, seed = fresh.get("num_images"), fresh.get("data_seed")
+        if type(n) is not int or n < 0 or type(seed) is not int:
+            raise ConfigError(f"{source}: test_data needs num_images (an integer >= 0; 0 = the benchmark's own test "
+                              f"split) and data_seed (an integer), got {dict(fresh)!r}")
+        if n and seed == cfg.data.data_seed:
+            # image i is a function of (seed, i): the same seed would score the model on its own training images
+            raise ConfigError(f"{source}: test_data.data_seed {seed} is the benchmark's data_seed; a fresh test set "
+                              "needs another seed")
     names = [v["name"] for v in cfg.variants]
     if len(set(names)) != len(names) or SFT_ROW in names:
         raise ConfigError(f"{source}: variants need distinct names other than {SFT_ROW!r}; got {names}")
@@ -81,11 +92,16 @@ def grpo_config(cfg, seed: int, variant: dict, root: str) -> ml_collections.Conf
     return g
 
 
+# what a rerun may change without training anything again: the variants listed, and the test set (each test
+# set's scores are cached under their own name in every run's folder)
+RERUN_MAY_CHANGE = ("variants", "test_data")
+
+
 def ablation_differences(saved: dict, now: dict) -> list[str]:
-    """What a rerun may not change: every setting but the variants, and any variant that has run under its
-    name. New variants may be added (and old ones left out of the table)."""
-    out = config_differences({k: v for k, v in saved.items() if k != "variants"},
-                             {k: v for k, v in now.items() if k != "variants"})
+    """What a rerun may not change: every setting but the variants and the test set, and any variant that has run
+    under its name. New variants may be added (and old ones left out of the table)."""
+    out = config_differences({k: v for k, v in saved.items() if k not in RERUN_MAY_CHANGE},
+                             {k: v for k, v in now.items() if k not in RERUN_MAY_CHANGE})
     before = {v["name"]: v for v in saved.get("variants", [])}
     for v in now.get("variants", []):
         if v["name"] in before and before[v["name"]] != v:
@@ -95,6 +111,24 @@ def ablation_differences(saved: dict, now: dict) -> list[str]:
 
 def _done(folder: str) -> bool:
     return (Path(folder) / "model" / "model.safetensors").is_file() and (Path(folder) / "report.json").is_file()
+
+
+def test_set(cfg, root: str, stop=None) -> tuple[list, str, str]:
+    """(records, cache file name, description) of the expressions every run is scored on: the test expressions
+    whose target shares its category with another object, from the benchmark's own test split (at most
+    `eval_records`) or, with `test_data.num_images` > 0, all of them from a fresh synthetic set of the same preset
+    drawn with its own seed (every image a test image; generated once under the workdir)."""
+    fresh = cfg.get("test_data")
+    if fresh is not None and fresh.num_images > 0:
+        name = f"test_data_seed{fresh.data_seed}_{fresh.num_images}"
+        folder = os.path.join(root, name)
+        if not os.path.isdir(os.path.join(folder, "Annotations")):
+            generate_dataset(folder, fresh.num_images, seed=fresh.data_seed, config=PRESETS[cfg.data.preset],
+                             splits=(("test", 1.0),), stop=stop)
+        records = [r for r in load_split(folder, "test") if shares_category(r)]
+        return records, f"{name}.json", f"a fresh test set ({fresh.num_images} images, data seed {fresh.data_seed})"
+    records = [r for r in load_split(os.path.join(root, "data"), "test") if shares_category(r)][: cfg.eval_records]
+    return records, "test.json", "the benchmark's test split"
 
 
 def _score(model_dir: str, test, cache: str) -> dict:
@@ -154,11 +188,11 @@ def _run(cfg, seeds: int, root: str, progress: bool) -> dict:
 
     t0 = time.time()
     data = os.path.join(root, "data")
-    if not os.path.isdir(os.path.join(data, "Annotations")):
-        with stop_requests() as stop:
+    with stop_requests() as stop:
+        if not os.path.isdir(os.path.join(data, "Annotations")):
             generate_dataset(data, cfg.data.num_images, seed=cfg.data.data_seed, config=PRESETS[cfg.data.preset],
                              stop=stop)
-    test = [r for r in load_split(data, "test") if shares_category(r)][: cfg.eval_records]
+        test, score_file, test_name = test_set(cfg, root, stop)
     results: dict[str, dict] = {}
     for seed in range(seeds):
         sft = sft_config(cfg, seed, root)
@@ -167,7 +201,7 @@ def _run(cfg, seeds: int, root: str, progress: bool) -> dict:
             rep = run_experiment(sft, progress=progress, resume=os.path.isdir(sft.workdir))
             if rep.get("preempted"):
                 raise AblationStopped(f"CoT-SFT of seed {seed} stopped and saved")
-        results.setdefault(SFT_ROW, {})[seed] = {"test": _score(sft.output, test, os.path.join(sft.workdir, "test.json"))}
+        results.setdefault(SFT_ROW, {})[seed] = {"test": _score(sft.output, test, os.path.join(sft.workdir, score_file))}
         for v in cfg.variants:
             g = grpo_config(cfg, seed, v, root)
             if not _done(g.workdir):
@@ -176,8 +210,8 @@ def _run(cfg, seeds: int, root: str, progress: bool) -> dict:
                 if rep.get("preempted"):
                     raise AblationStopped(f"GRPO {v['name']} of seed {seed} stopped and saved")
             results.setdefault(v["name"], {})[seed] = {
-                "test": _score(g.output, test, os.path.join(g.workdir, "test.json")), "train": _training(g.workdir)}
-        summary = summarize(cfg, results, len(test))
+                "test": _score(g.output, test, os.path.join(g.workdir, score_file)), "train": _training(g.workdir)}
+        summary = summarize(cfg, results, len(test), test_name)
         write_outputs(root, summary, results)
         print(f"[{time.time() - t0:6.0f}s] seed {seed} done", flush=True)
     return summary
@@ -188,7 +222,7 @@ def _mean_std(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": int(len(v))}
 
 
-def summarize(cfg, results: dict, num_test: int) -> dict:
+def summarize(cfg, results: dict, num_test: int, test_name: str = "the benchmark's test split") -> dict:
     """Mean and standard deviation over seeds per row, and each rung against the one before it (the mean and
     standard deviation of the per-seed differences, as the seeds pair the runs)."""
     labels = {SFT_ROW: "CoT-SFT", **{v["name"]: v["label"] for v in cfg.variants}}
@@ -218,7 +252,7 @@ def summarize(cfg, results: dict, num_test: int) -> dict:
         se = [_paired_se(results[name][s]["test"].get("iou"), results[prev][s]["test"].get("iou")) for s in common]
         if se and all(x is not None for x in se):
             rows[name]["delta_se"] = {m: float(np.mean([x[m] for x in se])) for m in ("Pr@0.5", "meanIoU")}
-    return {"num_test": num_test, "rows": rows, "order": [n for n in [SFT_ROW] + [v["name"] for v in cfg.variants]
+    return {"num_test": num_test, "test_set": test_name, "rows": rows, "order": [n for n in [SFT_ROW] + [v["name"] for v in cfg.variants]
                                                           if n in rows]}
 
 
@@ -241,7 +275,8 @@ def _fmt(ms: dict | None, signed: bool = False) -> str:
 
 
 def table_markdown(summary: dict) -> str:
-    lines = [f"Test expressions whose target shares its category with another object (n={summary['num_test']}); "
+    lines = [f"Test expressions of {summary.get('test_set', 'the test split')} whose target shares its category "
+             f"with another object (n={summary['num_test']}); "
              "mean ± standard deviation over seeds; Δ: the per-seed difference from the row named, mean ± std over "
              "seeds; s.e.: the standard error of one seed's Δ from the test expressions alone (paired), Pr@0.5 / "
              "meanIoU.", "",

@@ -238,6 +238,15 @@ CASES = {
     "sft a grpo stage with a reward that does not exist": (
         lambda d, w: ["sft", "--config", SFT_GRPO, f"workdir={d / 'w'}", "stages.1.rewards={'iuo': 1.0}"],
         ["stages.1.rewards", "reward 'iuo' does not exist"]),
+    # ---------------------------------------------------------------------------------------------- ablate
+    "ablate a fresh test set drawn with the benchmark's own seed": (
+        lambda d, w: ["ablate", "--config", REPO / "configs" / "ablation_demo.py", f"workdir={d / 'w'}",
+                      "test_data.num_images=100", "test_data.data_seed=1234"],
+        ["test_data.data_seed 1234 is the benchmark's data_seed", "needs another seed"]),
+    "ablate a fresh test set of -5 images": (
+        lambda d, w: ["ablate", "--config", REPO / "configs" / "ablation_demo.py", f"workdir={d / 'w'}",
+                      "test_data.num_images=-5"],
+        ["test_data needs num_images", "-5"]),
     # ------------------------------------------------------------------------------------------------ demo
     "demo --steps -1": (lambda d, w: ["demo", "--steps", "-1"], ["--steps", "got -1"]),
     "demo --grpo-steps -2": (lambda d, w: ["demo", "--grpo-steps", "-2"], ["--grpo-steps", "got -2"]),
@@ -267,7 +276,7 @@ def _dir(path: Path) -> Path:
 
 def test_there_are_at_least_30_bad_inputs_over_all_subcommands():
     commands = {name.split()[0] for name in CASES}
-    assert len(CASES) >= 30 and commands == {"data", "sft", "grpo", "eval", "predict", "convert", "demo"}
+    assert len(CASES) >= 30 and commands == {"data", "sft", "grpo", "eval", "predict", "convert", "demo", "ablate"}
 
 
 @pytest.fixture(scope="module")

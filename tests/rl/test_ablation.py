@@ -12,6 +12,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from rsground_jax.data import load_split
+from rsground_jax.eval.cues import shares_category
 from rsground_jax.rl.ablation import SFT_ROW, summarize, table_markdown
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,11 +84,18 @@ def test_ablate_runs_resumes_with_another_seed_and_refuses_other_settings(tmp_pa
     out = _ablate(work, 1)
     assert out.returncode == 0, out.stderr[-3000:]
     first = (work / "seed0" / "consistency" / "report.json").stat().st_mtime_ns
-    out = _ablate(work, 2)
+    assert "the benchmark's test split" in (work / "ablation.md").read_text()
+    # the rerun adds a seed and scores every run on a fresh test set instead, training nothing again
+    out = _ablate(work, 2, "test_data.num_images=6")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (work / "seed0" / "consistency" / "report.json").stat().st_mtime_ns == first  # seed 0 not trained again
     assert "seed 0: GRPO" not in out.stdout and "seed 1: GRPO consistency" in out.stdout
     summary = json.loads((work / "ablation.json").read_text())["summary"]
+    fresh = [r for r in load_split(work / "test_data_seed4321_6", "test") if shares_category(r)]
+    assert summary["test_set"].startswith("a fresh test set (6 images") and summary["num_test"] == len(fresh) > 0
+    for run in ("seed0/cot_sft", "seed0/consistency", "seed1/consistency"):
+        scored = json.loads((work / run / "test_data_seed4321_6.json").read_text())
+        assert scored["overall"]["num_samples"] == len(fresh) and len(scored["iou"]) == len(fresh)
     assert summary["order"] == [SFT_ROW, "consistency"]
     rows = summary["rows"]
     assert all(rows[n]["seeds"] == [0, 1] and rows[n]["meanIoU"]["std"] is not None for n in summary["order"])
