@@ -81,7 +81,7 @@ def _ablate(work, seeds, *extra):
 
 def test_ablate_runs_resumes_with_another_seed_and_refuses_other_settings(tmp_path):
     work = tmp_path / "abl"
-    out = _ablate(work, 1)
+    out = _ablate(work, 1, "test_data.num_images=0")
     assert out.returncode == 0, out.stderr[-3000:]
     first = (work / "seed0" / "consistency" / "report.json").stat().st_mtime_ns
     assert "the benchmark's test split" in (work / "ablation.md").read_text()
@@ -102,7 +102,7 @@ def test_ablate_runs_resumes_with_another_seed_and_refuses_other_settings(tmp_pa
     assert rows["consistency"]["against"] == "CoT-SFT" and rows["consistency"]["delta_se"]["Pr@0.5"] >= 0
     assert 0 <= rows["consistency"]["no_overlap"]["mean"] <= 100
     assert (work / "ablation.md").read_text() in out.stdout and (work / "ablation.png").stat().st_size > 0
-    refused = _ablate(work, 2, "grpo.lr=0.001")
+    refused = _ablate(work, 2, "test_data.num_images=0", "grpo.lr=0.001")
     assert refused.returncode == 2 and "grpo.lr" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
