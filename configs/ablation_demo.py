@@ -84,5 +84,10 @@ def get_config():
         dict(name="consistency_anchor02_iou08_hit", label="the same + hit reward 0.5 (IoU > 0.5)",
              rung=False, set={"rewards": dict(REWARD_POSITIONAL, hit=0.5), "coherence": CONSISTENCY,
                               "grpo.sft_coef": 0.2, "reward_options": {"positional": {"iou_weight": 0.8}}}),
+        # session 23: the anchored method at 3x the learning rate, and its control (the same with no reward signal)
+        dict(name="consistency_anchor02_lr15e-5", label="positional + consistency + SFT anchor 0.2, lr 1.5e-4",
+             rung=False, set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4}),
+        dict(name="anchor02_only_lr15e-5", label="SFT anchor 0.2 alone, no reward, lr 1.5e-4 (control)",
+             rung=False, set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4}),
     ]
     return c

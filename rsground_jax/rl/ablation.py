@@ -113,7 +113,7 @@ def _done(folder: str) -> bool:
     return (Path(folder) / "model" / "model.safetensors").is_file() and (Path(folder) / "report.json").is_file()
 
 
-def test_set(cfg, root: str, stop=None) -> tuple[list, str, str]:
+def scored_set(cfg, root: str, stop=None) -> tuple[list, str, str]:
     """(records, cache file name, description) of the expressions every run is scored on: the test expressions
     whose target shares its category with another object, from the benchmark's own test split (at most
     `eval_records`) or, with `test_data.num_images` > 0, all of them from a fresh synthetic set of the same preset
@@ -192,7 +192,7 @@ def _run(cfg, seeds: int, root: str, progress: bool) -> dict:
         if not os.path.isdir(os.path.join(data, "Annotations")):
             generate_dataset(data, cfg.data.num_images, seed=cfg.data.data_seed, config=PRESETS[cfg.data.preset],
                              stop=stop)
-        test, score_file, test_name = test_set(cfg, root, stop)
+        test, score_file, test_name = scored_set(cfg, root, stop)
     results: dict[str, dict] = {}
     for seed in range(seeds):
         sft = sft_config(cfg, seed, root)
