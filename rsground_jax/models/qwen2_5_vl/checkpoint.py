@@ -37,6 +37,12 @@ SAFETENSORS_DTYPES = {
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
+def _nbytes(shape, dtype: np.dtype) -> int:
+    """Bytes a tensor of this shape and dtype takes in a safetensors file (the product in int64, whatever the platform's
+    default integer)."""
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 # ------------------------------------------------------------------------------------------ safetensors
 
 
@@ -72,7 +78,7 @@ class SafetensorsFile:
             if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
                     and type(begin) is int and type(end) is int and 0 <= begin <= end):
                 raise CheckpointError(f"{path}: corrupt header entry for tensor {name}: {e!r}")
-            need = int(np.prod(shape, dtype=np.int64)) * SAFETENSORS_DTYPES[dtype].itemsize
+            need = _nbytes(shape, SAFETENSORS_DTYPES[dtype])
             if end - begin != need:
                 raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, its shape {shape} needs {need}")
             if self.data_start + end > size:
@@ -97,7 +103,7 @@ def write_safetensors(path: str, tensors: Iterable[tuple[str, np.ndarray]], shap
     """Stream tensors into one file; the header is written first from the announced shapes and dtypes."""
     header, offset = {}, 0
     for name, shape in shapes.items():
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtypes[name].itemsize
+        nbytes = _nbytes(shape, dtypes[name])
         header[name] = {"dtype": DTYPE_NAMES[dtypes[name]], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {"format": "pt"}
@@ -254,7 +260,7 @@ def write_checkpoint_files(model: Qwen25VL, folder, *, dtype=None, max_shard_siz
     shards: list[dict[str, tuple[int, ...]]] = [{}]
     size = 0
     for name, shape in shapes.items():
-        nbytes = int(np.prod(shape, dtype=np.int64)) * out_dtype[name].itemsize
+        nbytes = _nbytes(shape, out_dtype[name])
         if shards[-1] and size + nbytes > max_shard_size:
             shards.append({})
             size = 0
@@ -276,7 +282,7 @@ def write_checkpoint_files(model: Qwen25VL, folder, *, dtype=None, max_shard_siz
         chunk = (next(stream) for _ in range(len(shard)))
         write_safetensors(os.path.join(folder, fname), chunk, shard, out_dtype)
     if len(shards) > 1:
-        total = sum(int(np.prod(s, dtype=np.int64)) * out_dtype[n].itemsize for n, s in shapes.items())
+        total = sum(_nbytes(s, out_dtype[n]) for n, s in shapes.items())
         index = {"metadata": {"total_size": total},
                  "weight_map": {n: fname for fname, shard in zip(names, shards) for n in shard}}
         atomic_write_json(os.path.join(folder, INDEX_NAME), index, indent=2)
