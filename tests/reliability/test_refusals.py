@@ -60,6 +60,7 @@ def _no_dtype_config(world: Path, d: Path) -> Path:
 
 SFT = ["sft", "--config", TINY_SFT]
 GRPO = ["grpo", "--config", TINY_GRPO]
+ABLATE = ["ablate", "--config", REPO / "configs" / "ablation_demo.py"]
 
 
 def _other_shape_model(d: Path) -> Path:
@@ -240,12 +241,10 @@ CASES = {
         ["stages.1.rewards", "reward 'iuo' does not exist"]),
     # ---------------------------------------------------------------------------------------------- ablate
     "ablate a fresh test set drawn with the benchmark's own seed": (
-        lambda d, w: ["ablate", "--config", REPO / "configs" / "ablation_demo.py", f"workdir={d / 'w'}",
-                      "test_data.num_images=100", "test_data.data_seed=1234"],
+        lambda d, w: [*ABLATE, f"workdir={d / 'w'}", "test_data.num_images=100", "test_data.data_seed=1234"],
         ["test_data.data_seed 1234 is the benchmark's data_seed", "needs another seed"]),
     "ablate a fresh test set of -5 images": (
-        lambda d, w: ["ablate", "--config", REPO / "configs" / "ablation_demo.py", f"workdir={d / 'w'}",
-                      "test_data.num_images=-5"],
+        lambda d, w: [*ABLATE, f"workdir={d / 'w'}", "test_data.num_images=-5"],
         ["test_data needs num_images", "-5"]),
     # ------------------------------------------------------------------------------------------------ demo
     "demo --steps -1": (lambda d, w: ["demo", "--steps", "-1"], ["--steps", "got -1"]),
