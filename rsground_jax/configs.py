@@ -152,6 +152,9 @@ _FRACTION = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
 _NAMES = Field((list, tuple), "a list of stage names", lambda v: all(isinstance(x, str) for x in v))
 _BUCKETS = Field((list, tuple), "a list of positive integers",
                  lambda v: len(v) > 0 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+# a name that is also a folder under the workdir: no separators, and not "." or ".." (which would leave it)
+_FOLDER_NAME = _str("a name (letters, digits, _ . -, starting with a letter, digit or _)",
+                    lambda v: bool(re.fullmatch(r"\w[\w.-]*", v)), required=True)
 _INTERVALS = {"log_every": _int(*_POSITIVE, resumable=True), "checkpoint_every": _int(*_POSITIVE, resumable=True),
               "keep_checkpoints": _int(*_POSITIVE, resumable=True)}
 
@@ -194,7 +197,7 @@ def _mesh_ok(sizes) -> bool:
 
 
 _STAGE_COMMON: dict[str, Field] = {
-    "name": _str("a name (letters, digits, _ . -)", lambda v: bool(re.fullmatch(r"[\w.-]+", v)), required=True),
+    "name": _FOLDER_NAME,
     "task": _choice("sft", "vision", "grpo"),
     "steps": _int(*_POSITIVE, required=True, resumable=True),
     "batch_size": _int(*_POSITIVE, required=True),
@@ -460,3 +463,53 @@ def grpo_settings(cfg: ml_collections.ConfigDict):
 def grpo_config_differences(saved: dict, current: dict) -> list[str]:
     """`config_differences` for GRPO configs: the keys that differ, except `GRPO_RESUMABLE_KEYS`."""
     return [d for d in config_differences(saved, current) if d.split(":")[0] not in GRPO_RESUMABLE_KEYS]
+
+
+# ------------------------------------------------------------------------------------ the ablation schema
+#
+# `rsground ablate` (rl/ablation.py): the runner's own keys. The runs it makes are checked by the schemas above:
+# `sft` as an `rsground sft` config, `grpo` with each variant's `set` as an `rsground grpo` config.
+
+ABLATION_FIELDS: dict[str, Field] = {
+    "workdir": _str("a folder path", lambda v: bool(v.strip()), required=True),
+    "data": Field((ml_collections.ConfigDict,), "a dict: preset, num_images, data_seed", required=True),
+    "eval_records": _int("a positive integer (test expressions of the split scored at most)", lambda v: v > 0,
+                         required=True),
+    "test_data": Field((ml_collections.ConfigDict, type(None)), "None or a dict: num_images, data_seed"),
+    "sft": Field((ml_collections.ConfigDict,), "a dict: an `rsground sft` config", required=True),
+    "grpo": Field((ml_collections.ConfigDict,), "a dict: an `rsground grpo` config", required=True),
+    "variants": Field((list, tuple), "a list of variants (dicts: name, label, rung, set)", required=True),
+}
+_ABLATION_DATA_FIELDS: dict[str, Field] = {
+    "preset": _str("a preset of data.synthetic.PRESETS", required=True),
+    "num_images": _int(*_POSITIVE, required=True),
+    "data_seed": _int(*_ANY_INT, required=True),
+}
+_ABLATION_TEST_FIELDS: dict[str, Field] = {
+    "num_images": _int("an integer >= 0 (0: the benchmark's own test split)", lambda v: v >= 0, required=True),
+    "data_seed": _int(*_ANY_INT, required=True),
+}
+_VARIANT_FIELDS: dict[str, Field] = {
+    "name": _FOLDER_NAME,  # each seed's run of the variant lives in <workdir>/seed<k>/<name>
+    "label": _str("a label for the table", lambda v: bool(v.strip()), required=True),
+    "rung": Field((bool,), "true or false (a rung of the ladder, compared with the rung before it)"),
+    "set": Field((dict, ml_collections.ConfigDict), "a dict of grpo config key -> value ('grpo.temperature' sets "
+                 "one key inside a dict setting)"),
+}
+
+
+def check_ablation_fields(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
+    """Raise `ConfigError` naming `source` and the key for an unknown, missing or malformed key of the ablation
+    runner's own (the table above), its data, its test set or a variant."""
+    from .data.synthetic import PRESETS
+
+    _check_fields(cfg, ABLATION_FIELDS, source, "")
+    _check_fields(cfg.data, _ABLATION_DATA_FIELDS, source, "data.")
+    if cfg.data.preset not in PRESETS:
+        raise ConfigError(f"{source}: data.preset must be one of {sorted(PRESETS)}, got {cfg.data.preset!r}")
+    if cfg.get("test_data") is not None:
+        _check_fields(cfg.test_data, _ABLATION_TEST_FIELDS, source, "test_data.")
+    for i, v in enumerate(cfg.variants):
+        if not isinstance(v, (dict, ml_collections.ConfigDict)):
+            raise ConfigError(f"{source}: variants.{i} must be a dict (name, label, rung, set), got {v!r}")
+        _check_fields(v, _VARIANT_FIELDS, source, f"variants.{i}.")

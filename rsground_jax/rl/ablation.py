@@ -22,7 +22,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ..configs import ConfigError, check_experiment, check_grpo_config, config_differences, plain_config
+from ..configs import (ConfigError, check_ablation_fields, check_experiment, check_grpo_config, config_differences,
+                       plain_config)
 from ..data import load_split
 from ..data.synthetic import PRESETS, generate_dataset
 from ..eval.cues import CUE_COLUMNS, metrics_by_cue, shares_category
@@ -41,21 +42,12 @@ class AblationStopped(Exception):
 
 def check_ablation_config(cfg, source: str = "config") -> None:
     """The runner's own keys, then every run's config as its command would check it (before any work)."""
-    for key in ("workdir", "data", "eval_records", "sft", "grpo", "variants"):
-        if key not in cfg:
-            raise ConfigError(f"{source}: config key {key} is missing")
-    if cfg.data.get("preset") not in PRESETS:
-        raise ConfigError(f"{source}: data.preset must be one of {sorted(PRESETS)}, got {cfg.data.get('preset')!r}")
+    check_ablation_fields(cfg, source)
     fresh = cfg.get("test_data")
-    if fresh is not None:
-        n, seed = fresh.get("num_images"), fresh.get("data_seed")
-        if type(n) is not int or n < 0 or type(seed) is not int:
-            raise ConfigError(f"{source}: test_data needs num_images (an integer >= 0; 0 = the benchmark's own test "
-                              f"split) and data_seed (an integer), got {dict(fresh)!r}")
-        if n and seed == cfg.data.data_seed:
-            # image i is a function of (seed, i): the same seed would score the model on its own training images
-            raise ConfigError(f"{source}: test_data.data_seed {seed} is the benchmark's data_seed; a fresh test set "
-                              "needs another seed")
+    if fresh is not None and fresh.num_images and fresh.data_seed == cfg.data.data_seed:
+        # image i is a function of (seed, i): the same seed would score the model on its own training images
+        raise ConfigError(f"{source}: test_data.data_seed {fresh.data_seed} is the benchmark's data_seed; a fresh "
+                          "test set needs another seed")
     names = [v["name"] for v in cfg.variants]
     if len(set(names)) != len(names) or SFT_ROW in names:
         raise ConfigError(f"{source}: variants need distinct names other than {SFT_ROW!r}; got {names}")

@@ -78,6 +78,15 @@ def _other_shape_model(d: Path) -> Path:
                    prompt_spec={"system": None, "question": "{expression}", "max_pixels": 12544, "answer_style": "cot"})
     return d / "other"
 
+def _ablation_config(d: Path, change: str) -> Path:
+    """An ablation config file: configs/ablation_demo.py with one Python statement applied to it (`c`)."""
+    path = d / "ablation.py"
+    path.write_text(f"import importlib.util\n"
+                    f"spec = importlib.util.spec_from_file_location('demo', {str(REPO / 'configs' / 'ablation_demo.py')!r})\n"
+                    f"demo = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(demo)\n\n\n"
+                    f"def get_config():\n    c = demo.get_config()\n    {change}\n    return c\n")
+    return path
+
 # id: (build the case's arguments from (its folder, the shared inputs), what the line must name)
 CASES = {
     # ------------------------------------------------------------------------------------------------ data
@@ -153,6 +162,8 @@ CASES = {
     "sft --resume on a folder of other files": (lambda d, w: [*SFT, f"workdir={_file(d / 'w' / 'mine.txt').parent}",
                                                               "--resume"], ["holds files that no rsground sft run recorded",
                                                                             "mine.txt"]),
+    "sft with a stage named '..' (its folder would be the workdir's parent)": (
+        lambda d, w: [*SFT, f"workdir={d / 'w'}", "stages.0.name='..'"], ["stages.0.name must be a name", "'..'"]),
     # ------------------------------------------------------------------------------------------------ eval
     "eval of a missing dataset": (lambda d, w: ["eval", "--data", d / "nope", "--model", w / "model"],
                                   ["nope", "dataset folder does not exist"]),
@@ -245,7 +256,13 @@ CASES = {
         ["test_data.data_seed 1234 is the benchmark's data_seed", "needs another seed"]),
     "ablate a fresh test set of -5 images": (
         lambda d, w: [*ABLATE, f"workdir={d / 'w'}", "test_data.num_images=-5"],
-        ["test_data needs num_images", "-5"]),
+        ["test_data.num_images must be an integer >= 0", "-5"]),
+    "ablate a variant whose name would leave the workdir": (
+        lambda d, w: ["ablate", "--config", _ablation_config(d, "c.variants[0]['name'] = '..'"), f"workdir={d / 'w'}"],
+        ["variants.0.name must be a name (letters, digits", "'..'"]),
+    "ablate a variant without a label": (
+        lambda d, w: ["ablate", "--config", _ablation_config(d, "del c.variants[0]['label']"), f"workdir={d / 'w'}"],
+        ["ablation.py", "variants.0.label is missing"]),
     # ------------------------------------------------------------------------------------------------ demo
     "demo --steps -1": (lambda d, w: ["demo", "--steps", "-1"], ["--steps", "got -1"]),
     "demo --grpo-steps -2": (lambda d, w: ["demo", "--grpo-steps", "-2"], ["--grpo-steps", "got -2"]),
