@@ -28,7 +28,8 @@ def get_config():
     c.grpo = ml_collections.ConfigDict(dict(
         num_generations=8, num_iterations=1, beta=0.04, epsilon=0.2, epsilon_high=None, kl_estimator="k3",
         loss_agg_mode="seq-mean-token-mean", scale_rewards="group", temperature=1.0, top_k=0, top_p=1.0,
-        max_new_tokens=48, dynamic_sampling=False, dynamic_sampling_oversample=2, mask_truncated_completions=False))
+        max_new_tokens=48, dynamic_sampling=False, dynamic_sampling_oversample=2, mask_truncated_completions=False,
+        greedy_rollouts=0, sft_coef=0.0, box_temperature=None))
     c.rewards = ml_collections.ConfigDict(dict(format=0.25, iou=1.0))
     c.reward_options = ml_collections.ConfigDict()
     c.coherence = ml_collections.ConfigDict(dict(enabled=False, kind="target_pairwise_iou", min_weight=0.5))

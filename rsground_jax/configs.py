@@ -366,6 +366,8 @@ _GRPO_SETTINGS: dict[str, Field] = {
     "mask_truncated_completions": Field((bool,), "true or false"),
     "greedy_rollouts": _int("an integer >= 0, below num_generations", lambda v: v >= 0),
     "sft_coef": _float("a number >= 0", lambda v: v >= 0),
+    "box_temperature": Field((int, float, type(None)), "a positive number, or None (= temperature)",
+                             lambda v: v is None or (math.isfinite(v) and v > 0)),
 }
 _COHERENCE_FIELDS: dict[str, Field] = {
     "enabled": Field((bool,), "true or false", required=True),

@@ -158,6 +158,16 @@ class TokenBytes:
             table[i, :len(r)] = np.frombuffer(r, np.uint8)
         return cls(table)
 
+    def bracket_ids(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(ids of the tokens whose last bracket is '[', ids of those whose last bracket is ']'): the tokens
+        that open and close a box `[x1, y1, x2, y2]` (the small tokenizer writes '>[' and ']</')."""
+        tb = self.table
+        cols = np.arange(tb.shape[1])
+        last_open = np.max(np.where(tb == ord("["), cols, -1), axis=1)
+        last_close = np.max(np.where(tb == ord("]"), cols, -1), axis=1)
+        return (tuple(int(i) for i in np.flatnonzero(last_open > last_close)),
+                tuple(int(i) for i in np.flatnonzero(last_close > last_open)))
+
     def tables(self) -> dict[str, np.ndarray]:
         """Everything the on-device parser reads, per token id (`rewards.parse_completions`):
 

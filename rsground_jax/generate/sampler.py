@@ -45,20 +45,31 @@ class SamplingConfig:
     pad_id: int = 0
     cache_dtype: str | None = None  # defaults to the model's compute dtype
     greedy_rows: int = 0  # in each group of num_generations rows, the first this many decode greedily
+    # tokens drawn inside a box (after a token of box_open_ids, up to and including one of box_close_ids) are
+    # drawn at box_temperature instead (None: temperature everywhere); see `box_state`
+    box_temperature: float | None = None
+    box_open_ids: tuple[int, ...] = ()
+    box_close_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.greedy_rows < 0:
             raise ValueError(f"greedy_rows must be >= 0, got {self.greedy_rows}")
+        if self.box_temperature is not None and not (self.box_temperature > 0 and self.temperature > 0
+                                                     and self.box_open_ids):
+            raise ValueError(f"box_temperature={self.box_temperature} needs a positive value, sampling "
+                             f"(temperature={self.temperature} > 0) and the ids of the tokens that open a box "
+                             f"(box_open_ids={self.box_open_ids})")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"invalid sampling settings: temperature={self.temperature}, top_k={self.top_k}, "
                              f"top_p={self.top_p}")
 
 
-def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """Temperature, top-k and top-p (nucleus) filtering of [b, vocab] float32 logits."""
-    logits = logits / cfg.temperature
+def _filter_logits(logits: jax.Array, cfg: SamplingConfig, temperature: jax.Array | None = None) -> jax.Array:
+    """Temperature, top-k and top-p (nucleus) filtering of [b, vocab] float32 logits; `temperature` [b, 1]
+    replaces cfg.temperature row by row."""
+    logits = logits / (cfg.temperature if temperature is None else temperature)
     if cfg.top_k > 0:
         kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -72,21 +83,34 @@ def _filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return logits
 
 
-def _pick(logits: jax.Array, cfg: SamplingConfig, key, greedy: jax.Array | None = None
-          ) -> tuple[jax.Array, jax.Array]:
+def _pick(logits: jax.Array, cfg: SamplingConfig, key, greedy: jax.Array | None = None,
+          in_box: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(token [b], its log-probability under the distribution it was drawn from [b]): after temperature,
     top-k and top-p, renormalized over the tokens they keep; greedy decoding reports the plain softmax's.
     `greedy` [b] bool: rows that take the argmax while the others sample (their log-probability is still
-    under the filtered distribution, as a sampled row's)."""
+    under the filtered distribution, as a sampled row's). `in_box` [b] bool: rows drawn at
+    cfg.box_temperature."""
     if cfg.temperature == 0.0:
         token = argmax_first(logits)
         return token, _logprob_of(logits, token)
+    temperature = None
+    if cfg.box_temperature is not None and in_box is not None:
+        temperature = jnp.where(in_box, cfg.box_temperature, cfg.temperature)[:, None].astype(logits.dtype)
     # Gumbel-max, as jax.random.categorical draws (same key, same draw), with the faster argmax
-    filtered = _filter_logits(logits, cfg)
+    filtered = _filter_logits(logits, cfg, temperature)
     token = argmax_first(filtered + jax.random.gumbel(key, filtered.shape, filtered.dtype))
     if greedy is not None:
         token = jnp.where(greedy, argmax_first(filtered), token)
     return token, _logprob_of(filtered, token)
+
+
+def box_state(in_box: jax.Array, token: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    """Whether each row [b] is inside a box after emitting `token` [b]: a token of cfg.box_open_ids opens one
+    (the tokens after it are the box's), one of cfg.box_close_ids ends it (it was the box's last), any other
+    leaves the state as it was."""
+    opened = jnp.isin(token, jnp.asarray(cfg.box_open_ids, jnp.int32))
+    closed = jnp.isin(token, jnp.asarray(cfg.box_close_ids or (-1,), jnp.int32))
+    return opened | (in_box & ~closed)
 
 
 def _logprob_of(logits: jax.Array, token: jax.Array) -> jax.Array:
@@ -177,6 +201,8 @@ def _generate(graphdef, state, batch, key, cfg, rows, num_generations):
     logprobs = by_rows(jnp.zeros((b, cfg.max_new_tokens), jnp.float32).at[:, 0].set(first_lp), 0, rows)
     done = jnp.isin(first, eos)
     lengths = jnp.ones((b,), jnp.int32)
+    boxed = cfg.box_temperature is not None
+    in_box = box_state(jnp.zeros((b,), bool), first, cfg) if boxed else None
 
     def cond(carry):
         i, _, _, _, done, *_ = carry
@@ -184,23 +210,25 @@ def _generate(graphdef, state, batch, key, cfg, rows, num_generations):
 
     @jax.named_scope(DECODE_SCOPE)  # what a profile or a compiled program's metadata names the per-token work
     def body(carry):
-        i, tokens, logprobs, lengths, done, cache, key = carry
+        i, tokens, logprobs, lengths, done, cache, key, in_box = carry
         prev = tokens[:, i - 1][:, None]
         p = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, b, 1)).astype(jnp.int32)
         step_logits, cache = model.forward(prev, jnp.ones((b, 1), jnp.int32), p, cache=cache,
                                            cache_index=prompt_len + i - 1, decode=decode)
         key, sub = jax.random.split(key)
-        picked, lp = _pick(step_logits[:, -1], cfg, sub, greedy)
+        picked, lp = _pick(step_logits[:, -1], cfg, sub, greedy, in_box)
         nxt = jnp.where(done, cfg.pad_id, picked)
+        if boxed:
+            in_box = box_state(in_box, nxt, cfg)
         tokens = by_rows(tokens.at[:, i].set(nxt), 0, rows)
         logprobs = by_rows(logprobs.at[:, i].set(jnp.where(done, 0.0, lp)), 0, rows)
         cache = _cache_by_rows(cache, rows)
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(nxt, eos)
-        return i + 1, tokens, logprobs, lengths, done, cache, key
+        return i + 1, tokens, logprobs, lengths, done, cache, key, in_box
 
-    _, tokens, logprobs, lengths, _, _, _ = jax.lax.while_loop(
-        cond, body, (1, tokens, logprobs, lengths, done, cache, key))
+    _, tokens, logprobs, lengths, *_ = jax.lax.while_loop(
+        cond, body, (1, tokens, logprobs, lengths, done, cache, key, in_box))
     return tokens, lengths, logprobs
 
 

@@ -38,6 +38,9 @@ class GRPOConfig:
     # the SFT anchor (InstructGPT's PPO-ptx, here on the same prompts): this times the token-mean negative
     # log-likelihood of each prompt's SFT target joins the loss; 0 trains on the rewards alone
     sft_coef: float = 0.0
+    # rollouts draw the tokens inside the answer's box (after its '[', up to its ']') at this temperature instead
+    # of `temperature` (None: one temperature); the loss's log-probabilities stay at `temperature`
+    box_temperature: float | None = None
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -62,6 +65,8 @@ class GRPOConfig:
              f"greedy_rollouts={self.greedy_rollouts!r}: must be an integer in [0, num_generations) (at least one "
              f"completion a group is sampled)")
         need(self.sft_coef >= 0, f"sft_coef={self.sft_coef!r}: must be >= 0")
+        need(self.box_temperature is None or self.box_temperature > 0,
+             f"box_temperature={self.box_temperature!r}: must be > 0, or None for the rollouts' temperature")
         need(isinstance(self.dynamic_sampling_oversample, int) and self.dynamic_sampling_oversample >= 2,
              f"dynamic_sampling_oversample={self.dynamic_sampling_oversample!r}: must be an integer >= 2 (the "
              f"prompts drawn per prompt kept, so that dropped groups can be refilled)")

@@ -156,11 +156,13 @@ def train_grpo(model, ref, records, tok, proc, template, stage: GRPOStage, workd
     opt = OptimConfig(lr=stage.lr, warmup_steps=stage.warmup_steps, total_steps=stage.steps,
                       end_lr_fraction=stage.end_lr_fraction, freeze_vision=stage.freeze_vision,
                       clip_norm=stage.clip_norm)
+    token_bytes = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size)
+    box_open, box_close = token_bytes.bracket_ids() if g.box_temperature is not None else ((), ())
     step_cfg = GRPOStepConfig(
         grpo=g, rewards=stage.rewards, reward_options=stage.reward_options, coherence=stage.coherence,
         coherence_kind=stage.coherence_kind, coherence_min_weight=stage.coherence_min_weight, eos_ids=(sp.im_end,),
-        pad_id=sp.pad, freeze_vision=opt.freeze_vision)
-    tables = TokenBytes.from_tokenizer(tok, model.config.text.vocab_size).tables()
+        pad_id=sp.pad, freeze_vision=opt.freeze_vision, box_open_ids=box_open, box_close_ids=box_close)
+    tables = token_bytes.tables()
     loop = LoopConfig(total_steps=stage.steps, accum_steps=stage.accum_steps, progress=progress,
                       log_every=stage.log_every, checkpoint_every=stage.checkpoint_every,
                       keep_checkpoints=stage.keep_checkpoints, checkpoint_dir=checkpoint_dir)

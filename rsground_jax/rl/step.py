@@ -58,6 +58,9 @@ class GRPOStepConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     freeze_vision: bool = False
+    # the tokens that open and close an answer's box (`TokenBytes.bracket_ids`), for grpo.box_temperature
+    box_open_ids: tuple[int, ...] = ()
+    box_close_ids: tuple[int, ...] = ()
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
@@ -68,7 +71,9 @@ class GRPOStepConfig:
     def sampling(self) -> SamplingConfig:
         g = self.grpo
         return SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                              top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id, greedy_rows=g.greedy_rollouts)
+                              top_p=g.top_p, eos_ids=self.eos_ids, pad_id=self.pad_id, greedy_rows=g.greedy_rollouts,
+                              box_temperature=g.box_temperature, box_open_ids=self.box_open_ids,
+                              box_close_ids=self.box_close_ids)
 
 
 def prompt_prefill(model, prompt: dict, length: int):

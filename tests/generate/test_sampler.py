@@ -227,3 +227,44 @@ def test_batch_split_over_devices_matches_one_device(rng):
     res = subprocess.run([sys.executable, "-c", _SPLIT_CHILD, str(int(rng.integers(2**31)))], cwd=root,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-4000:]
+
+
+def test_box_temperature_draws_the_box_at_its_own_temperature(rng):
+    """`box_temperature` (GRPO's rollouts drawing a box's digits nearer the mode): with every token opening a
+    box and box_temperature 1e-6, each token after the first is the argmax of a full forward over the sequence
+    so far while the first is sampled at temperature 1; with no token opening a box the draws are exactly
+    those of plain sampling with the same key; the box state opens, holds and closes as the tokens say."""
+    from rsground_jax.generate.sampler import box_state
+
+    model = Qwen25VL(CFG, rngs=nnx.Rngs(int(rng.integers(2**31))))
+    batch, pix = _prompts(rng, CFG)
+    NEW, sampler = 6, Sampler(model)  # noqa: N806
+    key = jax.random.key(int(rng.integers(2**31)))
+    plain = SamplingConfig(max_new_tokens=NEW, temperature=1.0)
+    boxed = SamplingConfig(max_new_tokens=NEW, temperature=1.0, box_temperature=1e-6,
+                           box_open_ids=tuple(range(CFG.text.vocab_size)))
+    tokens, lengths, logp = sampler.sample(batch, boxed, key)
+    ids = np.concatenate([batch["input_ids"], tokens], 1).astype(np.int64)
+    mask = np.concatenate([batch["attention_mask"], np.ones_like(tokens)], 1).astype(np.int64)
+    prep = prepare_inputs(CFG, ids, mask, pix["image_grid_thw"])
+    logits = np.asarray(model(prep["input_ids"], prep["attention_mask"], pix["pixel_values"],
+                              position_ids=prep["position_ids"], vision=prep["vision"]))
+    L = batch["input_ids"].shape[1]  # noqa: N806
+    np.testing.assert_array_equal(tokens[:, 1:], logits[:, L:-1].argmax(-1))
+    assert (logp[:, 1:] > -1e-3).all()  # drawn from a distribution that is (almost) all on the argmax
+    assert (logp[:, 0] < -1.0).all()  # the first from the temperature-1 softmax of an untrained model
+
+    free = sampler.sample(batch, plain, key)[0]
+    never = SamplingConfig(max_new_tokens=NEW, temperature=1.0, box_temperature=1e-6, box_open_ids=(-7,))
+    np.testing.assert_array_equal(sampler.sample(batch, never, key)[0], free)
+
+    cfg = SamplingConfig(temperature=1.0, box_temperature=0.5, box_open_ids=(5, 6), box_close_ids=(9,))
+    state = jnp.array([False, False, True, True, True])
+    step = box_state(state, jnp.array([5, 1, 1, 9, 6]), cfg)
+    np.testing.assert_array_equal(np.asarray(step), [True, False, True, False, True])
+    try:
+        SamplingConfig(temperature=1.0, box_temperature=0.5)
+    except ValueError as e:
+        assert "box_open_ids" in str(e), e
+    else:
+        raise AssertionError("a box temperature without the tokens that open a box did not raise")

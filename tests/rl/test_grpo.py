@@ -101,13 +101,26 @@ def test_config_refusals():
     for bad in [dict(num_generations=1), dict(kl_estimator="k2"), dict(loss_agg_mode="sum"),
                 dict(scale_rewards="std"), dict(num_iterations=0), dict(temperature=0.0),
                 dict(dynamic_sampling=True, dynamic_sampling_oversample=1),
-                dict(num_generations=4, greedy_rollouts=4), dict(greedy_rollouts=-1)]:
+                dict(num_generations=4, greedy_rollouts=4), dict(greedy_rollouts=-1), dict(box_temperature=0.0),
+                dict(box_temperature=-0.5)]:
         with pytest.raises(GRPOConfigError):
             GRPOConfig(**bad)
     from rsground_jax.rl.step import GRPOStepConfig
 
     # a greedy rollout a group reaches the step's sampler (tests/generate/test_sampler.py: what it decodes)
     assert GRPOStepConfig(grpo=GRPOConfig(num_generations=4, greedy_rollouts=3), rewards=()).sampling.greedy_rows == 3
+    # so do the box temperature and the tokens that open and close a box (the small tokenizer's '>[' and ']</')
+    from rsground_jax.data.answers import TokenBytes
+    from rsground_jax.data.tokenizer import load_small_tokenizer
+
+    tok = load_small_tokenizer()
+    opens, closes = TokenBytes.from_tokenizer(tok).bracket_ids()
+    box = tok.encode("<answer>[12,3,45,6]</answer>")
+    assert [tok.decode([i]) for i in box if i in opens] == [">["]
+    assert [tok.decode([i]) for i in box if i in closes] == ["]</"]
+    assert not set(tok.encode("0123456789, 7.5 <think>a</think>")) & set(opens + closes)
+    s = GRPOStepConfig(grpo=GRPOConfig(box_temperature=0.3), rewards=(), box_open_ids=opens, box_close_ids=closes).sampling
+    assert (s.box_temperature, s.box_open_ids, s.box_close_ids, s.temperature) == (0.3, opens, closes, 1.0)
 
 
 def test_dynamic_sampling_keeps_informative_groups_first_then_in_order():
