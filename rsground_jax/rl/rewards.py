@@ -293,6 +293,10 @@ class RewardConfigError(ValueError):
     pass
 
 
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
 def check_reward_weights(weights: dict, options: dict | None = None) -> None:
     """A clear error for a reward name that is not in `REWARDS`, a weight that is not a number, or an option
     (`options`: {name: {key: value}}) that the term does not take or that is out of `REWARD_OPTIONS`' range."""
@@ -300,7 +304,7 @@ def check_reward_weights(weights: dict, options: dict | None = None) -> None:
         if name not in REWARDS:
             raise RewardConfigError(f"reward {name!r} does not exist; known rewards: {sorted(REWARDS)}")
     for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w):
+        if not _finite_number(w):
             raise RewardConfigError(f"reward weight {name}={w!r} must be a finite number")
     for name, opts in (options or {}).items():  # checked here, not as a TypeError while the step is traced
         if not isinstance(opts, dict):
@@ -311,7 +315,7 @@ def check_reward_weights(weights: dict, options: dict | None = None) -> None:
                 raise RewardConfigError(f"reward_options.{name}.{key}: {name} takes no option {key!r}; its options: "
                                         f"{sorted(known) or 'none'}")
             ok, text = known[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            if not _finite_number(value) or not ok(value):
                 raise RewardConfigError(f"reward_options.{name}.{key}={value!r} must be a number {text}")
 
 
