@@ -89,11 +89,13 @@ def get_config():
              rung=False, set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4}),
         dict(name="anchor02_only_lr15e-5", label="SFT anchor 0.2 alone, no reward, lr 1.5e-4 (control)",
              rung=False, set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4}),
-        # session 24: that recipe trained twice as long, and with the box drawn at temperature 0.5
+        # session 24: that recipe trained twice as long (and its control), and with the box drawn at temperature 0.5
         dict(name="consistency_anchor02_lr15e-5_600",
              label="positional + consistency + SFT anchor 0.2, lr 1.5e-4, 600 steps", rung=False,
              set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4,
                   "steps": 600}),
+        dict(name="anchor02_only_lr15e-5_600", label="SFT anchor 0.2 alone, no reward, lr 1.5e-4, 600 steps (control)",
+             rung=False, set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
         dict(name="consistency_anchor02_lr15e-5_box05",
              label="positional + consistency + SFT anchor 0.2, lr 1.5e-4, box temperature 0.5", rung=False,
              set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4,
