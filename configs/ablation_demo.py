@@ -96,6 +96,13 @@ def get_config():
                   "steps": 600}),
         dict(name="anchor02_only_lr15e-5_600", label="SFT anchor 0.2 alone, no reward, lr 1.5e-4, 600 steps (control)",
              rung=False, set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
+        # the ladder's lower rungs under that 600-step recipe (the method's row above is against CoT-SFT; a
+        # variant's `against` names the row it is compared with)
+        dict(name="iou_anchor02_lr15e-5_600", label="IoU reward + SFT anchor 0.2, lr 1.5e-4, 600 steps", rung=False,
+             set={"rewards": REWARD_IOU, "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
+        dict(name="positional_anchor02_lr15e-5_600", label="positional reward + SFT anchor 0.2, lr 1.5e-4, 600 steps",
+             rung=False, against="iou_anchor02_lr15e-5_600",
+             set={"rewards": REWARD_POSITIONAL, "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
         dict(name="consistency_anchor02_lr15e-5_box05",
              label="positional + consistency + SFT anchor 0.2, lr 1.5e-4, box temperature 0.5", rung=False,
              set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4,

@@ -495,6 +495,7 @@ _VARIANT_FIELDS: dict[str, Field] = {
     "name": _FOLDER_NAME,  # each seed's run of the variant lives in <workdir>/seed<k>/<name>
     "label": _str("a label for the table", lambda v: bool(v.strip()), required=True),
     "rung": Field((bool,), "true or false (a rung of the ladder, compared with the rung before it)"),
+    "against": _str("the name of the row it is compared with (another variant, or 'cot_sft')"),
     "set": Field((dict, ml_collections.ConfigDict), "a dict of grpo config key -> value ('grpo.temperature' sets "
                  "one key inside a dict setting)"),
 }

@@ -51,6 +51,11 @@ def check_ablation_config(cfg, source: str = "config") -> None:
     names = [v["name"] for v in cfg.variants]
     if len(set(names)) != len(names) or SFT_ROW in names:
         raise ConfigError(f"{source}: variants need distinct names other than {SFT_ROW!r}; got {names}")
+    for v in cfg.variants:
+        against = v.get("against")
+        if against is not None and (against not in [SFT_ROW, *names] or against == v["name"]):
+            raise ConfigError(f"{source}: variant {v['name']}: against={against!r} must name another variant of "
+                              f"the list or {SFT_ROW!r}")
     root = cfg.workdir
     check_experiment(sft_config(cfg, 0, root), f"{source} (sft)")
     for v in cfg.variants:
@@ -94,11 +99,16 @@ def ablation_differences(saved: dict, now: dict) -> list[str]:
     under its name. New variants may be added (and old ones left out of the table)."""
     out = config_differences({k: v for k, v in saved.items() if k not in RERUN_MAY_CHANGE},
                              {k: v for k, v in now.items() if k not in RERUN_MAY_CHANGE})
-    before = {v["name"]: v for v in saved.get("variants", [])}
+    before = {v["name"]: _trained(v) for v in saved.get("variants", [])}
     for v in now.get("variants", []):
-        if v["name"] in before and before[v["name"]] != v:
+        if v["name"] in before and before[v["name"]] != _trained(v):
             out.append(f"variants.{v['name']}: {before[v['name']]!r} then, {v!r} now (give a changed variant a new name)")
     return out
+
+
+def _trained(variant: dict) -> dict:
+    """What a variant trains: its settings without the table's keys (label, rung, against), which may change."""
+    return {k: v for k, v in variant.items() if k not in ("label", "rung", "against")}
 
 
 def _done(folder: str) -> bool:
@@ -215,8 +225,9 @@ def _mean_std(values) -> dict:
 
 
 def summarize(cfg, results: dict, num_test: int, test_name: str = "the benchmark's test split") -> dict:
-    """Mean and standard deviation over seeds per row, and each rung against the one before it (the mean and
-    standard deviation of the per-seed differences, as the seeds pair the runs)."""
+    """Mean and standard deviation over seeds per row, and each row against the one before it: the variant its
+    `against` names, else the rung before it (a rung), else CoT-SFT (the mean and standard deviation of the
+    per-seed differences, as the seeds pair the runs)."""
     labels = {SFT_ROW: "CoT-SFT", **{v["name"]: v["label"] for v in cfg.variants}}
     rows = {}
     for name, per_seed in results.items():
@@ -232,9 +243,12 @@ def summarize(cfg, results: dict, num_test: int, test_name: str = "the benchmark
                 row[key] = _mean_std([100 * x for x in share])
         rows[name] = row
     ladder = [SFT_ROW] + [v["name"] for v in cfg.variants if v.get("rung")]
+    chosen = {v["name"]: v["against"] for v in cfg.variants if v.get("against")}
     for name in rows:
-        prev = ladder[ladder.index(name) - 1] if name in ladder and name != SFT_ROW else (SFT_ROW if name != SFT_ROW else None)
-        if prev is None or prev not in results:
+        if name == SFT_ROW:
+            continue
+        prev = chosen.get(name) or (ladder[ladder.index(name) - 1] if name in ladder else SFT_ROW)
+        if prev not in results:
             continue
         common = sorted(set(results[name]) & set(results[prev]))
         rows[name]["against"] = labels[prev]

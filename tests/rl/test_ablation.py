@@ -31,9 +31,10 @@ def _result(p5, p7, miou, cue=0.3, no_overlap=None):
 def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
     cfg = ml_collections.ConfigDict({"variants": [dict(name="a", label="A", rung=True),
                                                   dict(name="b", label="B", rung=True),
-                                                  dict(name="alt", label="Alt", rung=False)]})
-    x = rng.uniform(0.1, 0.5, (4, 3, 3))  # [row, seed, metric]
-    names = [SFT_ROW, "a", "b", "alt"]
+                                                  dict(name="alt", label="Alt", rung=False),
+                                                  dict(name="vs_a", label="vs A", rung=False, against="a")]})
+    names = [SFT_ROW, "a", "b", "alt", "vs_a"]
+    x = rng.uniform(0.1, 0.5, (5, 3, 3))  # [row, seed, metric]
     results = {n: {s: _result(*x[i, s], no_overlap=None if n == SFT_ROW else 0.4 + 0.01 * s) for s in range(3)}
                for i, n in enumerate(names)}
     summary = summarize(cfg, results, num_test=99)
@@ -43,8 +44,8 @@ def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
         for j, m in enumerate(("Pr@0.5", "Pr@0.7", "meanIoU")):
             assert np.isclose(rows[n][m]["mean"], 100 * x[i, :, j].mean())
             assert np.isclose(rows[n][m]["std"], 100 * x[i, :, j].std(ddof=1))
-    # a rung against the rung before it, an alternative against CoT-SFT: per-seed differences
-    for n, prev in (("a", SFT_ROW), ("b", "a"), ("alt", SFT_ROW)):
+    # a rung against the rung before it, an alternative against CoT-SFT, a variant against the one it names
+    for n, prev in (("a", SFT_ROW), ("b", "a"), ("alt", SFT_ROW), ("vs_a", "a")):
         i, k = names.index(n), names.index(prev)
         d = 100 * (x[i, :, 2] - x[k, :, 2])
         assert np.isclose(rows[n]["delta"]["meanIoU"]["mean"], d.mean())
@@ -116,6 +117,9 @@ def test_a_rerun_may_add_variants_but_not_change_one_that_ran():
     changed = ablation_differences(saved, {"grpo": {"lr": 1e-4}, "variants": [dict(a, set={"rewards": {"giou": 1.0}})]})
     assert len(changed) == 1 and changed[0].startswith("variants.a")
     assert ablation_differences(saved, {"grpo": {"lr": 3e-4}, "variants": [a]})[0].startswith("grpo.lr")
+    # the table's keys may change: they train nothing
+    assert ablation_differences(saved, {"grpo": {"lr": 1e-4}, "variants": [dict(a, label="A2", rung=False,
+                                                                                  against="cot_sft")]}) == []
 
 
 def test_a_variant_may_set_one_key_inside_a_dict_setting():
@@ -133,4 +137,7 @@ def test_a_variant_may_set_one_key_inside_a_dict_setting():
         grpo_config(cfg, 0, dict(v, set={"steps.x": 1}), "/tmp/abl")
     cfg.variants = [dict(v, set={"grpo.greedy_rollouts": 8})]  # not below num_generations = 8
     with pytest.raises(ConfigError, match="greedy_rollouts"):
+        check_ablation_config(cfg)
+    cfg.variants = [dict(v, against="nobody")]
+    with pytest.raises(ConfigError, match="against='nobody' must name another variant"):
         check_ablation_config(cfg)
