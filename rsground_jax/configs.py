@@ -480,7 +480,7 @@ ABLATION_FIELDS: dict[str, Field] = {
     "test_data": Field((ml_collections.ConfigDict, type(None)), "None or a dict: num_images, data_seed"),
     "sft": Field((ml_collections.ConfigDict,), "a dict: an `rsground sft` config", required=True),
     "grpo": Field((ml_collections.ConfigDict,), "a dict: an `rsground grpo` config", required=True),
-    "variants": Field((list, tuple), "a list of variants (dicts: name, label, rung, set)", required=True),
+    "variants": Field((list, tuple), "a list of variants (dicts: name, label, rung, against, set)", required=True),
 }
 _ABLATION_DATA_FIELDS: dict[str, Field] = {
     "preset": _str("a preset of data.synthetic.PRESETS", required=True),
@@ -514,5 +514,5 @@ def check_ablation_fields(cfg: ml_collections.ConfigDict, source: str = "config"
         _check_fields(cfg.test_data, _ABLATION_TEST_FIELDS, source, "test_data.")
     for i, v in enumerate(cfg.variants):
         if not isinstance(v, (dict, ml_collections.ConfigDict)):
-            raise ConfigError(f"{source}: variants.{i} must be a dict (name, label, rung, set), got {v!r}")
+            raise ConfigError(f"{source}: variants.{i} must be a dict (name, label, rung, against, set), got {v!r}")
         _check_fields(v, _VARIANT_FIELDS, source, f"variants.{i}.")
