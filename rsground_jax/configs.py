@@ -472,6 +472,18 @@ def grpo_config_differences(saved: dict, current: dict) -> list[str]:
 # `rsground ablate` (rl/ablation.py): the runner's own keys. The runs it makes are checked by the schemas above:
 # `sft` as an `rsground sft` config, `grpo` with each variant's `set` as an `rsground grpo` config.
 
+_VARIANT_FIELDS: dict[str, Field] = {
+    "name": _FOLDER_NAME,  # each seed's run of the variant lives in <workdir>/seed<k>/<name>
+    "label": _str("a label for the table", lambda v: bool(v.strip()), required=True),
+    "rung": Field((bool,), "true or false (a rung of the ladder, compared with the rung before it)"),
+    "against": _str("the name of the row it is compared with (another variant, or 'cot_sft')"),
+    "set": Field((dict, ml_collections.ConfigDict), "a dict of grpo config key -> value ('grpo.temperature' sets "
+                 "one key inside a dict setting)"),
+}
+# the table's keys: a rerun may change them, as they train nothing (`rl.ablation.ablation_differences`)
+VARIANT_TABLE_KEYS = ("label", "rung", "against")
+_VARIANT_KEYS = ", ".join(_VARIANT_FIELDS)
+
 ABLATION_FIELDS: dict[str, Field] = {
     "workdir": _str("a folder path", lambda v: bool(v.strip()), required=True),
     "data": Field((ml_collections.ConfigDict,), "a dict: preset, num_images, data_seed", required=True),
@@ -480,7 +492,7 @@ ABLATION_FIELDS: dict[str, Field] = {
     "test_data": Field((ml_collections.ConfigDict, type(None)), "None or a dict: num_images, data_seed"),
     "sft": Field((ml_collections.ConfigDict,), "a dict: an `rsground sft` config", required=True),
     "grpo": Field((ml_collections.ConfigDict,), "a dict: an `rsground grpo` config", required=True),
-    "variants": Field((list, tuple), "a list of variants (dicts: name, label, rung, against, set)", required=True),
+    "variants": Field((list, tuple), f"a list of variants (dicts: {_VARIANT_KEYS})", required=True),
 }
 _ABLATION_DATA_FIELDS: dict[str, Field] = {
     "preset": _str("a preset of data.synthetic.PRESETS", required=True),
@@ -490,14 +502,6 @@ _ABLATION_DATA_FIELDS: dict[str, Field] = {
 _ABLATION_TEST_FIELDS: dict[str, Field] = {
     "num_images": _int("an integer >= 0 (0: the benchmark's own test split)", lambda v: v >= 0, required=True),
     "data_seed": _int(*_ANY_INT, required=True),
-}
-_VARIANT_FIELDS: dict[str, Field] = {
-    "name": _FOLDER_NAME,  # each seed's run of the variant lives in <workdir>/seed<k>/<name>
-    "label": _str("a label for the table", lambda v: bool(v.strip()), required=True),
-    "rung": Field((bool,), "true or false (a rung of the ladder, compared with the rung before it)"),
-    "against": _str("the name of the row it is compared with (another variant, or 'cot_sft')"),
-    "set": Field((dict, ml_collections.ConfigDict), "a dict of grpo config key -> value ('grpo.temperature' sets "
-                 "one key inside a dict setting)"),
 }
 
 
@@ -514,5 +518,5 @@ def check_ablation_fields(cfg: ml_collections.ConfigDict, source: str = "config"
         _check_fields(cfg.test_data, _ABLATION_TEST_FIELDS, source, "test_data.")
     for i, v in enumerate(cfg.variants):
         if not isinstance(v, (dict, ml_collections.ConfigDict)):
-            raise ConfigError(f"{source}: variants.{i} must be a dict (name, label, rung, against, set), got {v!r}")
+            raise ConfigError(f"{source}: variants.{i} must be a dict ({_VARIANT_KEYS}), got {v!r}")
         _check_fields(v, _VARIANT_FIELDS, source, f"variants.{i}.")

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from ..configs import (ConfigError, check_ablation_fields, check_experiment, check_grpo_config, config_differences,
-                       plain_config)
+                       plain_config, VARIANT_TABLE_KEYS)
 from ..data import load_split
 from ..data.synthetic import PRESETS, generate_dataset
 from ..eval.cues import CUE_COLUMNS, metrics_by_cue, shares_category
@@ -107,8 +107,8 @@ def ablation_differences(saved: dict, now: dict) -> list[str]:
 
 
 def _trained(variant: dict) -> dict:
-    """What a variant trains: its settings without the table's keys (label, rung, against), which may change."""
-    return {k: v for k, v in variant.items() if k not in ("label", "rung", "against")}
+    """What a variant trains: its settings without the table's keys (`VARIANT_TABLE_KEYS`), which may change."""
+    return {k: v for k, v in variant.items() if k not in VARIANT_TABLE_KEYS}
 
 
 def _done(folder: str) -> bool:
