@@ -92,13 +92,16 @@ def get_config():
         # session 24: that recipe trained twice as long (and its control), and with the box drawn at temperature 0.5
         dict(name="consistency_anchor02_lr15e-5_600",
              label="positional + consistency + SFT anchor 0.2, lr 1.5e-4, 600 steps", rung=False,
+             against=["cot_sft", "anchor02_only_lr15e-5_600", "positional_anchor02_lr15e-5_600",
+                      "iou_anchor02_lr15e-5_600"],
              set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4,
                   "steps": 600}),
         dict(name="anchor02_only_lr15e-5_600", label="SFT anchor 0.2 alone, no reward, lr 1.5e-4, 600 steps (control)",
              rung=False, set={"rewards": dict(format=0.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
-        # the ladder's lower rungs under that 600-step recipe (the method's row above is against CoT-SFT; a
-        # variant's `against` names the row it is compared with)
+        # the ladder's lower rungs under that 600-step recipe (a variant's `against` names the rows it is compared
+        # with: the first in the table's Δ column, all of them in its table of steps)
         dict(name="iou_anchor02_lr15e-5_600", label="IoU reward + SFT anchor 0.2, lr 1.5e-4, 600 steps", rung=False,
+             against=["cot_sft", "anchor02_only_lr15e-5_600"],
              set={"rewards": REWARD_IOU, "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
         dict(name="positional_anchor02_lr15e-5_600", label="positional reward + SFT anchor 0.2, lr 1.5e-4, 600 steps",
              rung=False, against="iou_anchor02_lr15e-5_600",

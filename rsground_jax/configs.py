@@ -476,7 +476,9 @@ _VARIANT_FIELDS: dict[str, Field] = {
     "name": _FOLDER_NAME,  # each seed's run of the variant lives in <workdir>/seed<k>/<name>
     "label": _str("a label for the table", lambda v: bool(v.strip()), required=True),
     "rung": Field((bool,), "true or false (a rung of the ladder, compared with the rung before it)"),
-    "against": _str("the name of the row it is compared with (another variant, or 'cot_sft')"),
+    "against": Field((str, list, tuple), "the name of the row it is compared with (another variant, or 'cot_sft'), "
+                     "or a list of names (the first for the table's Δ column, each in the table of steps)",
+                     lambda v: isinstance(v, str) or (len(v) > 0 and all(isinstance(x, str) for x in v))),
     "set": Field((dict, ml_collections.ConfigDict), "a dict of grpo config key -> value ('grpo.temperature' sets "
                  "one key inside a dict setting)"),
 }

@@ -52,14 +52,20 @@ def check_ablation_config(cfg, source: str = "config") -> None:
     if len(set(names)) != len(names) or SFT_ROW in names:
         raise ConfigError(f"{source}: variants need distinct names other than {SFT_ROW!r}; got {names}")
     for v in cfg.variants:
-        against = v.get("against")
-        if against is not None and (against not in [SFT_ROW, *names] or against == v["name"]):
-            raise ConfigError(f"{source}: variant {v['name']}: against={against!r} must name another variant of "
-                              f"the list or {SFT_ROW!r}")
+        for against in _against(v):
+            if against not in [SFT_ROW, *names] or against == v["name"]:
+                raise ConfigError(f"{source}: variant {v['name']}: against={against!r} must name another variant of "
+                                  f"the list or {SFT_ROW!r}")
     root = cfg.workdir
     check_experiment(sft_config(cfg, 0, root), f"{source} (sft)")
     for v in cfg.variants:
         check_grpo_config(grpo_config(cfg, 0, v, root), f"{source} (variant {v['name']})")
+
+
+def _against(variant) -> list[str]:
+    """The rows a variant is compared with, as a list: `against` may be one name or a list of names."""
+    against = variant.get("against")
+    return [] if against is None else [against] if isinstance(against, str) else list(against)
 
 
 def sft_config(cfg, seed: int, root: str) -> ml_collections.ConfigDict:
@@ -225,9 +231,10 @@ def _mean_std(values) -> dict:
 
 
 def summarize(cfg, results: dict, num_test: int, test_name: str = "the benchmark's test split") -> dict:
-    """Mean and standard deviation over seeds per row, and each row against the one before it: the variant its
-    `against` names, else the rung before it (a rung), else CoT-SFT (the mean and standard deviation of the
-    per-seed differences, as the seeds pair the runs)."""
+    """Mean and standard deviation over seeds per row, and each row against the one before it: the first variant
+    its `against` names, else the rung before it (a rung), else CoT-SFT (the mean and standard deviation of the
+    per-seed differences, as the seeds pair the runs). `steps` holds every comparison, that one and any further
+    `against` names, with each seed's difference."""
     labels = {SFT_ROW: "CoT-SFT", **{v["name"]: v["label"] for v in cfg.variants}}
     rows = {}
     for name, per_seed in results.items():
@@ -243,23 +250,38 @@ def summarize(cfg, results: dict, num_test: int, test_name: str = "the benchmark
                 row[key] = _mean_std([100 * x for x in share])
         rows[name] = row
     ladder = [SFT_ROW] + [v["name"] for v in cfg.variants if v.get("rung")]
-    chosen = {v["name"]: v["against"] for v in cfg.variants if v.get("against")}
+    chosen = {v["name"]: _against(v) for v in cfg.variants if v.get("against")}
+    steps = []
     for name in rows:
         if name == SFT_ROW:
             continue
-        prev = chosen.get(name) or (ladder[ladder.index(name) - 1] if name in ladder else SFT_ROW)
-        if prev not in results:
-            continue
-        common = sorted(set(results[name]) & set(results[prev]))
-        rows[name]["against"] = labels[prev]
-        rows[name]["delta"] = {m: _mean_std([100 * (results[name][s]["test"]["overall"][m]
-                                                    - results[prev][s]["test"]["overall"][m]) for s in common])
-                               for m in METRICS}
-        se = [_paired_se(results[name][s]["test"].get("iou"), results[prev][s]["test"].get("iou")) for s in common]
-        if se and all(x is not None for x in se):
-            rows[name]["delta_se"] = {m: float(np.mean([x[m] for x in se])) for m in ("Pr@0.5", "meanIoU")}
-    return {"num_test": num_test, "test_set": test_name, "rows": rows, "order": [n for n in [SFT_ROW] + [v["name"] for v in cfg.variants]
-                                                          if n in rows]}
+        baselines = chosen.get(name) or [ladder[ladder.index(name) - 1] if name in ladder else SFT_ROW]
+        for k, prev in enumerate(baselines):
+            common = sorted(set(results[name]) & set(results.get(prev, {})))
+            if not common:
+                continue
+            step = {"row": name, "against": prev, "label": f"{labels[name]} − {labels[prev]}", "seeds": common,
+                    **_difference(results[name], results[prev], common)}
+            steps.append(step)
+            if k == 0:
+                rows[name]["against"] = labels[prev]
+                rows[name]["delta"] = step["delta"]
+                if "delta_se" in step:
+                    rows[name]["delta_se"] = step["delta_se"]
+    order = [n for n in [SFT_ROW] + [v["name"] for v in cfg.variants] if n in rows]
+    return {"num_test": num_test, "test_set": test_name, "rows": rows, "order": order, "steps": steps}
+
+
+def _difference(runs: dict, baseline: dict, seeds: list) -> dict:
+    """One row against another, paired by seed: each seed's difference (points), their mean and standard
+    deviation, and the mean over seeds of one seed's paired standard error (when both have per-expression IoUs)."""
+    per_seed = {s: {m: 100 * (runs[s]["test"]["overall"][m] - baseline[s]["test"]["overall"][m]) for m in METRICS}
+                for s in seeds}
+    out = {"per_seed": per_seed, "delta": {m: _mean_std([per_seed[s][m] for s in seeds]) for m in METRICS}}
+    se = [_paired_se(runs[s]["test"].get("iou"), baseline[s]["test"].get("iou")) for s in seeds]
+    if all(x is not None for x in se):
+        out["delta_se"] = {m: float(np.mean([x[m] for x in se])) for m in ("Pr@0.5", "meanIoU")}
+    return out
 
 
 def _paired_se(iou_a, iou_b) -> dict | None:
@@ -296,6 +318,15 @@ def table_markdown(summary: dict) -> str:
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {_fmt(r['Pr@0.5'])} | {_fmt(r['Pr@0.7'])} | "
                      f"{_fmt(r['meanIoU'])} | {_fmt(d.get('Pr@0.5'), True)} | {_fmt(d.get('meanIoU'), True)} | "
                      f"{se} | {r.get('against', '-')} | {overlap} |")
+    lines += ["", "Every comparison, seed by seed (Δ Pr@0.5 / Δ meanIoU of each seed; mean ± std over seeds):", "",
+              "| step | seeds | per seed | Δ Pr@0.5 | Δ Pr@0.7 | Δ meanIoU | s.e. of Δ |", "|---|---|---|---|---|---|---|"]
+    for st in summary.get("steps", []):
+        per_seed = ", ".join(f"{st['per_seed'][s]['Pr@0.5']:+.1f} / {st['per_seed'][s]['meanIoU']:+.1f}"
+                             for s in st["seeds"])
+        se = f"{st['delta_se']['Pr@0.5']:.1f} / {st['delta_se']['meanIoU']:.1f}" if st.get("delta_se") else "-"
+        d = st["delta"]
+        lines.append(f"| {st['label']} | {', '.join(map(str, st['seeds']))} | {per_seed} | "
+                     f"{_fmt(d['Pr@0.5'], True)} | {_fmt(d['Pr@0.7'], True)} | {_fmt(d['meanIoU'], True)} | {se} |")
     cues = [c for c in CUE_COLUMNS if all(c in summary["rows"][n]["by_cue"] for n in summary["order"])]
     lines += ["", "Pr@0.5 by the kind of cue (positional: absolute, ordinal and relative together):", "",
               "| run | " + " | ".join(cues) + " |", "|---|" + "---|" * len(cues)]

@@ -32,7 +32,7 @@ def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
     cfg = ml_collections.ConfigDict({"variants": [dict(name="a", label="A", rung=True),
                                                   dict(name="b", label="B", rung=True),
                                                   dict(name="alt", label="Alt", rung=False),
-                                                  dict(name="vs_a", label="vs A", rung=False, against="a")]})
+                                                  dict(name="vs_a", label="vs A", rung=False, against=["a", "alt"])]})
     names = [SFT_ROW, "a", "b", "alt", "vs_a"]
     x = rng.uniform(0.1, 0.5, (5, 3, 3))  # [row, seed, metric]
     results = {n: {s: _result(*x[i, s], no_overlap=None if n == SFT_ROW else 0.4 + 0.01 * s) for s in range(3)}
@@ -51,20 +51,32 @@ def test_summary_pairs_each_rung_with_the_one_before_it_by_seed(rng):
         assert np.isclose(rows[n]["delta"]["meanIoU"]["mean"], d.mean())
         assert np.isclose(rows[n]["delta"]["meanIoU"]["std"], d.std(ddof=1))
     assert "delta" not in rows[SFT_ROW] and "no_overlap" not in rows[SFT_ROW]
+    # every comparison, the further ones a variant's `against` lists included, seed by seed
+    steps = {(st["row"], st["against"]): st for st in summary["steps"]}
+    assert set(steps) == {("a", SFT_ROW), ("b", "a"), ("alt", SFT_ROW), ("vs_a", "a"), ("vs_a", "alt")}
+    i, k = names.index("vs_a"), names.index("alt")
+    for s in range(3):
+        assert np.isclose(steps["vs_a", "alt"]["per_seed"][s]["Pr@0.5"], 100 * (x[i, s, 0] - x[k, s, 0]))
+    assert np.isclose(steps["vs_a", "alt"]["delta"]["Pr@0.7"]["std"], 100 * (x[i, :, 1] - x[k, :, 1]).std(ddof=1))
+    assert rows["vs_a"]["against"] == "A" and steps["vs_a", "alt"]["label"] == "vs A − Alt"
     assert np.isclose(rows["b"]["no_overlap"]["mean"], 41.0)
     # with per-expression IoUs, the paired standard error of one seed's difference, averaged over seeds
     ious = {n: {s: rng.uniform(0, 1, 50) for s in range(3)} for n in names}
     for n in names:
         for s in range(3):
             results[n][s]["test"]["iou"] = ious[n][s].tolist()
-    rows = summarize(cfg, results, num_test=50)["rows"]
+    summary = summarize(cfg, results, num_test=50)
+    rows = summary["rows"]
     hit = lambda n, s: (ious[n][s] > 0.5).astype(float)  # noqa: E731
     want = np.mean([np.std(hit("b", s) - hit("a", s), ddof=1) / np.sqrt(50) for s in range(3)]) * 100
     assert np.isclose(rows["b"]["delta_se"]["Pr@0.5"], want)
     want = np.mean([np.std(ious["b"][s] - ious["a"][s], ddof=1) / np.sqrt(50) for s in range(3)]) * 100
     assert np.isclose(rows["b"]["delta_se"]["meanIoU"], want)
+    assert summary["steps"][1]["against"] == "a" and summary["steps"][1]["delta_se"] == rows["b"]["delta_se"]
     md = table_markdown(summary)
-    assert "n=99" in md and md.count("\n| ") >= 2 * len(names)
+    assert "n=50" in md and md.count("\n| ") >= 2 * len(names) + len(steps)
+    d = 100 * (x[i, :, 0] - x[k, :, 0])
+    assert f"| vs A − Alt | 0, 1, 2 | {d[0]:+.1f} / " in md and f"| {d.mean():+.1f} ± {d.std(ddof=1):.1f} |" in md
 
 
 VARIANTS = ("variants=[{'name': 'consistency', 'label': 'GRPO, the method', 'rung': True, 'set': {'rewards': "
@@ -140,4 +152,10 @@ def test_a_variant_may_set_one_key_inside_a_dict_setting():
         check_ablation_config(cfg)
     cfg.variants = [dict(v, against="nobody")]
     with pytest.raises(ConfigError, match="against='nobody' must name another variant"):
+        check_ablation_config(cfg)
+    cfg.variants = [dict(v, against=["cot_sft", "nobody"])]
+    with pytest.raises(ConfigError, match="against='nobody' must name another variant"):
+        check_ablation_config(cfg)
+    cfg.variants = [dict(v, against=[])]
+    with pytest.raises(ConfigError, match="variants.0.against must be the name of the row"):
         check_ablation_config(cfg)
