@@ -106,6 +106,13 @@ def get_config():
         dict(name="positional_anchor02_lr15e-5_600", label="positional reward + SFT anchor 0.2, lr 1.5e-4, 600 steps",
              rung=False, against="iou_anchor02_lr15e-5_600",
              set={"rewards": REWARD_POSITIONAL, "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
+        # the published alternatives under that recipe (session 26): GIoU and DIoU in the IoU rung's place
+        dict(name="giou_anchor02_lr15e-5_600", label="GIoU reward + SFT anchor 0.2, lr 1.5e-4, 600 steps", rung=False,
+             against=["iou_anchor02_lr15e-5_600", "cot_sft"],
+             set={"rewards": dict(format=0.25, giou=1.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
+        dict(name="diou_anchor02_lr15e-5_600", label="DIoU reward + SFT anchor 0.2, lr 1.5e-4, 600 steps", rung=False,
+             against=["iou_anchor02_lr15e-5_600", "cot_sft"],
+             set={"rewards": dict(format=0.25, diou=1.0), "grpo.sft_coef": 0.2, "lr": 1.5e-4, "steps": 600}),
         dict(name="consistency_anchor02_lr15e-5_box05",
              label="positional + consistency + SFT anchor 0.2, lr 1.5e-4, box temperature 0.5", rung=False,
              set={"rewards": REWARD_POSITIONAL, "coherence": CONSISTENCY, "grpo.sft_coef": 0.2, "lr": 1.5e-4,
