@@ -318,8 +318,9 @@ def table_markdown(summary: dict) -> str:
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {_fmt(r['Pr@0.5'])} | {_fmt(r['Pr@0.7'])} | "
                      f"{_fmt(r['meanIoU'])} | {_fmt(d.get('Pr@0.5'), True)} | {_fmt(d.get('meanIoU'), True)} | "
                      f"{se} | {r.get('against', '-')} | {overlap} |")
-    lines += ["", "Every comparison, seed by seed (Δ Pr@0.5 / Δ meanIoU of each seed; mean ± std over seeds):", "",
-              "| step | seeds | per seed | Δ Pr@0.5 | Δ Pr@0.7 | Δ meanIoU | s.e. of Δ |", "|---|---|---|---|---|---|---|"]
+    if summary.get("steps"):
+        lines += ["", "Every comparison, seed by seed (Δ Pr@0.5 / Δ meanIoU of each seed; mean ± std over seeds):", "",
+                  "| step | seeds | per seed | Δ Pr@0.5 | Δ Pr@0.7 | Δ meanIoU | s.e. of Δ |", "|---|---|---|---|---|---|---|"]
     for st in summary.get("steps", []):
         per_seed = ", ".join(f"{st['per_seed'][s]['Pr@0.5']:+.1f} / {st['per_seed'][s]['meanIoU']:+.1f}"
                              for s in st["seeds"])
