@@ -302,6 +302,10 @@ def _fmt(ms: dict | None, signed: bool = False) -> str:
     return s + (f" ± {ms['std']:.1f}" if ms.get("std") is not None else "")
 
 
+def _se_cell(se: dict | None) -> str:
+    return f"{se['Pr@0.5']:.1f} / {se['meanIoU']:.1f}" if se else "-"
+
+
 def table_markdown(summary: dict) -> str:
     lines = [f"Test expressions of {summary.get('test_set', 'the test split')} whose target shares its category "
              f"with another object (n={summary['num_test']}); "
@@ -313,7 +317,7 @@ def table_markdown(summary: dict) -> str:
     for name in summary["order"]:
         r = summary["rows"][name]
         d = r.get("delta", {})
-        se = f"{r['delta_se']['Pr@0.5']:.1f} / {r['delta_se']['meanIoU']:.1f}" if r.get("delta_se") else "-"
+        se = _se_cell(r.get("delta_se"))
         overlap = f"{_fmt(r.get('no_overlap_start'))} -> {_fmt(r['no_overlap'])}" if r.get("no_overlap") else "-"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {_fmt(r['Pr@0.5'])} | {_fmt(r['Pr@0.7'])} | "
                      f"{_fmt(r['meanIoU'])} | {_fmt(d.get('Pr@0.5'), True)} | {_fmt(d.get('meanIoU'), True)} | "
@@ -321,13 +325,13 @@ def table_markdown(summary: dict) -> str:
     if summary.get("steps"):
         lines += ["", "Every comparison, seed by seed (Δ Pr@0.5 / Δ meanIoU of each seed; mean ± std over seeds):", "",
                   "| step | seeds | per seed | Δ Pr@0.5 | Δ Pr@0.7 | Δ meanIoU | s.e. of Δ |", "|---|---|---|---|---|---|---|"]
-    for st in summary.get("steps", []):
-        per_seed = ", ".join(f"{st['per_seed'][s]['Pr@0.5']:+.1f} / {st['per_seed'][s]['meanIoU']:+.1f}"
-                             for s in st["seeds"])
-        se = f"{st['delta_se']['Pr@0.5']:.1f} / {st['delta_se']['meanIoU']:.1f}" if st.get("delta_se") else "-"
-        d = st["delta"]
-        lines.append(f"| {st['label']} | {', '.join(map(str, st['seeds']))} | {per_seed} | "
-                     f"{_fmt(d['Pr@0.5'], True)} | {_fmt(d['Pr@0.7'], True)} | {_fmt(d['meanIoU'], True)} | {se} |")
+        for st in summary["steps"]:
+            per_seed = ", ".join(f"{st['per_seed'][s]['Pr@0.5']:+.1f} / {st['per_seed'][s]['meanIoU']:+.1f}"
+                                 for s in st["seeds"])
+            d = st["delta"]
+            lines.append(f"| {st['label']} | {', '.join(map(str, st['seeds']))} | {per_seed} | "
+                         f"{_fmt(d['Pr@0.5'], True)} | {_fmt(d['Pr@0.7'], True)} | {_fmt(d['meanIoU'], True)} | "
+                         f"{_se_cell(st.get('delta_se'))} |")
     cues = [c for c in CUE_COLUMNS if all(c in summary["rows"][n]["by_cue"] for n in summary["order"])]
     lines += ["", "Pr@0.5 by the kind of cue (positional: absolute, ordinal and relative together):", "",
               "| run | " + " | ".join(cues) + " |", "|---|" + "---|" * len(cues)]
